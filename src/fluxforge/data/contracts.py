@@ -1,0 +1,78 @@
+"""Data contracts with great-expectations 1.x, run in an ephemeral context (nothing written to disk by GX).
+
+A failing contract stops the DAG with a summary a person can act on (which
+expectation, how many rows, a few example values); the full validation result is
+saved next to it as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fluxforge.errors import FluxForgeError
+from fluxforge.config import DOMAINS
+from fluxforge.io import write_json
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+class ContractError(FluxForgeError):
+    """The data broke its contract; the message lists each failed expectation."""
+
+
+def raw_expectations(max_text_chars: int = 5_000_000) -> list:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=["id", "text", "source", "url", "timestamp", "domain", "meta"], exact_match=True),
+        gxe.ExpectColumnValuesToNotBeNull(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="text"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=max_text_chars),
+        gxe.ExpectColumnValuesToBeInSet(column="domain", value_set=list(DOMAINS)),
+        gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
+        gxe.ExpectColumnValuesToMatchRegex(column="url", regex=r"^(https?|s3|file)://", mostly=1.0),
+    ]
+
+
+def validate(df: pd.DataFrame, expectations: list, name: str, result_path: Path) -> dict:
+    """Validate ``df``; write the full result to ``result_path``; raise ContractError on failure."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (ctx.data_sources.add_pandas(name=f"{name}_source")
+                 .add_dataframe_asset(name=name)
+                 .add_batch_definition_whole_dataframe(name=f"{name}_batch"))
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract"))
+    for e in expectations:
+        suite.add_expectation(e)
+    frame = df.copy()
+    frame["timestamp"] = frame["timestamp"].astype("string")  # GX's pandas backend is happiest with plain values
+    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+    full = result.to_json_dict()
+    write_json(result_path, full)
+    failures = []
+    for r in result.results:
+        if r.success:
+            continue
+        cfg = r.expectation_config
+        res = r.result or {}
+        examples = res.get("partial_unexpected_list") or res.get("observed_value")
+        failures.append(
+            f"  - {cfg.type} on column '{cfg.kwargs.get('column', '(table)')}': "
+            f"{res.get('unexpected_count', '?')} of {res.get('element_count', len(df))} rows fail; "
+            f"examples: {str(examples)[:300]}"
+        )
+    summary = {"contract": name, "success": bool(result.success), "rows": int(len(df)),
+               "expectations": len(result.results), "failed": len(failures)}
+    if failures:
+        raise ContractError(
+            f"data contract '{name}' failed ({len(failures)} of {len(result.results)} expectations); "
+            f"full result: {result_path}\n" + "\n".join(failures)
+        )
+    return summary

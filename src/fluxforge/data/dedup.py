@@ -1,0 +1,110 @@
+"""Exact and MinHash-LSH near-duplicate removal across all slices.
+
+Exact: a hash of the normalised text (lowercase, punctuation removed, whitespace
+collapsed). Near: word n-gram shingles, MinHash with ``bands x rows`` permutations
+(defaults 14 x 8 over 5-grams, as datatrove/FineWeb), candidate pairs from LSH bands,
+confirmed when the signature agreement estimates Jaccard >= ``threshold``.
+
+One representative per cluster is kept: the earliest timestamp, then the smallest id.
+Because clusters span slices, a later slice never re-adds what an earlier one kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pandas as pd
+
+from fluxforge.config import DedupConfig
+
+_MERSENNE = np.uint64((1 << 61) - 1)
+_NORM = re.compile(r"[^\w\s]")
+
+
+def normalise(text: str) -> str:
+    return " ".join(_NORM.sub(" ", text.lower()).split())
+
+
+def _shingle_hashes(text: str, n: int) -> np.ndarray:
+    words = normalise(text).split()
+    grams = {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in grams),
+        dtype=np.uint64, count=len(grams),
+    )
+
+
+def minhash_signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
+    """(docs, bands*rows) uint64 signatures with universal hashing ((a*x + b) mod p)."""
+    k = cfg.bands * cfg.rows
+    rng = np.random.default_rng(cfg.seed)
+    # shingle hashes are 32-bit and a, b < 2^31, so a*h + b < 2^64: exact in uint64, no wrap-around
+    a = rng.integers(1, 1 << 31, size=k, dtype=np.uint64)
+    b = rng.integers(0, 1 << 31, size=k, dtype=np.uint64)
+    sig = np.empty((len(texts), k), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        h = _shingle_hashes(t, cfg.ngram)
+        sig[i] = ((a[:, None] * h[None, :] + b[:, None]) % _MERSENNE).min(axis=1)
+    return sig
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, x: int, y: int) -> None:
+        rx, ry = self.find(x), self.find(y)
+        if rx != ry:
+            self.parent[max(rx, ry)] = min(rx, ry)
+
+
+def dedup(df: pd.DataFrame, cfg: DedupConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Return (kept, rejected with reason and duplicate_of in meta, stats)."""
+    # priority order: earliest first, then id; index 0 of a cluster is its representative
+    df = df.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
+    n = len(df)
+    uf = _UnionFind(n)
+    kind = np.array([""] * n, dtype=object)
+    norm_hash = df["text"].map(lambda t: hashlib.sha1(normalise(t).encode()).hexdigest())
+    first_of: dict[str, int] = {}
+    for i, h in enumerate(norm_hash):
+        if h in first_of:
+            uf.union(first_of[h], i)
+            kind[i] = "exact_duplicate"
+        else:
+            first_of[h] = i
+    uniq = np.array(sorted(first_of.values()))
+    sig = minhash_signatures(df["text"].iloc[uniq].tolist(), cfg) if len(uniq) else np.zeros((0, 1), np.uint64)
+    pairs = 0
+    for band in range(cfg.bands):
+        cols = sig[:, band * cfg.rows : (band + 1) * cfg.rows]
+        buckets: dict[bytes, int] = {}
+        for j in range(len(uniq)):
+            key = cols[j].tobytes()
+            if key in buckets:
+                other = buckets[key]
+                if uf.find(uniq[j]) != uf.find(uniq[other]) and np.mean(sig[j] == sig[other]) >= cfg.threshold:
+                    uf.union(uniq[other], uniq[j])
+                    pairs += 1
+            else:
+                buckets[key] = j
+    roots = np.array([uf.find(i) for i in range(n)])
+    dup = roots != np.arange(n)
+    kind[dup & (kind == "")] = "near_duplicate"
+    rejected = df[dup].copy()
+    rejected["reason"] = kind[dup]
+    rejected["stage"] = "dedup"
+    rep_ids = df["id"].to_numpy()[roots[dup]]
+    rejected["meta"] = [json.dumps({**json.loads(m or "{}"), "duplicate_of": r}) for m, r in zip(rejected["meta"], rep_ids)]
+    stats = {"clusters_with_duplicates": int(len(set(roots[dup]))), "near_pairs_confirmed": pairs,
+             "exact_duplicates": int((kind == "exact_duplicate").sum()), "near_duplicates": int((kind == "near_duplicate").sum())}
+    return df[~dup].reset_index(drop=True), rejected.reset_index(drop=True), stats

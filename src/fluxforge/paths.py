@@ -1,0 +1,20 @@
+"""Where each stage reads and writes, relative to the repository root (mirrors dvc.yaml)."""
+
+from pathlib import Path
+
+DATA = Path("data")
+WORLD = DATA / "world"
+RAW = DATA / "raw"
+FILTERED = DATA / "filtered"
+CURATED = DATA / "curated"
+TOKENS = DATA / "tokens"
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+REPORTS = Path("reports")
+CHECKPOINTS = Path("checkpoints")  # scratch for resumable training; not a DVC output
+
+
+def model_dir(name: str) -> Path:
+    """'pretrain', 'continual/<task>', 'student' -> models/<name>."""
+    return MODELS / name

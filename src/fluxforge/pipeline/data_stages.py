@@ -1,0 +1,144 @@
+"""The data half of the DAG: world -> ingest -> validate -> filter -> dedup -> tokenize."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from fluxforge import paths as P
+from fluxforge.config import Params
+from fluxforge.data import contracts
+from fluxforge.data.dedup import dedup
+from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, write_docs
+from fluxforge.data.filters import apply_filters
+from fluxforge.data.quality import score_against_labels
+from fluxforge.data.tokenize import dtype_for, encode_stream, train_tokenizer
+from fluxforge.io import atomic_dir, write_json
+from fluxforge.track.runs import stage_run
+from fluxforge.world import generate_world
+
+log = logging.getLogger(__name__)
+
+
+def world(params: Params) -> None:
+    summary = generate_world(params.world, P.WORLD)
+    write_json(P.METRICS / "world.json", {k: summary[k] for k in ("documents", "facts", "mcq", "heldout_docs")})
+    with stage_run("world", params, params.world.model_dump()) as run:
+        run.metrics({k: summary[k] for k in ("documents", "facts", "mcq", "heldout_docs")})
+        run.artifact(P.WORLD / "summary.json")
+    log.info("world: %d documents, %d facts, %d questions", summary["documents"], summary["facts"], summary["mcq"])
+
+
+def ingest(params: Params) -> None:
+    ledger = Ledger("ingest")
+    rejected_all = []
+    P.RAW.mkdir(parents=True, exist_ok=True)
+    for src in params.data.sources:
+        kept, rejected = read_source(src)
+        ledger.add(kept, rejected)
+        write_docs(kept, P.RAW / f"{src.name}.parquet")
+        rejected_all.append(rejected)
+        log.info("ingest %s: %d documents, %d rejected", src.name, len(kept), len(rejected))
+    rejected = pd.concat(rejected_all, ignore_index=True)
+    write_docs(rejected, P.RAW / "rejected.parquet", rejected=True)
+    ledger.check()
+    write_json(P.METRICS / "ingest.json", ledger.to_dict())
+    with stage_run("ingest", params, params.data.model_dump(include={"sources"}),
+                   inputs={s.name: s.path for s in params.data.sources}) as run:
+        run.metrics({k: v for k, v in ledger.to_dict().items() if k != "by_source"})
+
+
+def _raw_tables(params: Params) -> list:
+    return [P.RAW / f"{s.name}.parquet" for s in params.data.sources]
+
+
+def validate(params: Params) -> None:
+    df = read_docs(_raw_tables(params))
+    summary = contracts.validate(df, contracts.raw_expectations(), "raw", P.REPORTS / "contracts" / "raw.json")
+    write_json(P.METRICS / "contract_raw.json", summary)
+    with stage_run("validate", params, {"contract": "raw"}, inputs={"raw": P.RAW}) as run:
+        run.metrics(summary)
+        run.artifact(P.REPORTS / "contracts" / "raw.json", "contracts")
+    log.info("contract 'raw' passed on %d rows", len(df))
+
+
+def filter_docs(params: Params) -> None:
+    df = read_docs(_raw_tables(params))
+    kept, rejected, stats = apply_filters(df, params.data.filters)
+    ledger = Ledger("filter")
+    ledger.add(kept, rejected)
+    ledger.check()
+    with atomic_dir(P.FILTERED) as tmp:
+        write_docs(kept, tmp / "kept.parquet")
+        write_docs(rejected, tmp / "rejected.parquet", rejected=True)
+    metrics = {**ledger.to_dict(), **stats}
+    write_json(P.METRICS / "filter.json", metrics)
+    with stage_run("filter", params, params.data.filters.model_dump(), inputs={"raw": P.RAW}) as run:
+        run.metrics({k: v for k, v in metrics.items() if k != "by_source"})
+    log.info("filter: kept %d of %d (%s)", len(kept), len(df), metrics["rejected_by_reason"])
+
+
+def dedup_docs(params: Params) -> None:
+    df = read_docs(P.FILTERED / "kept.parquet")
+    kept, rejected, stats = dedup(df, params.data.dedup)
+    ledger = Ledger("dedup")
+    ledger.add(kept, rejected)
+    ledger.check()
+    with atomic_dir(P.CURATED) as tmp:
+        write_docs(kept, tmp / "curated.parquet")
+        write_docs(rejected, tmp / "rejected.parquet", rejected=True)
+    metrics = {**ledger.to_dict(), **stats}
+    quality = _quality(params, kept)
+    write_json(P.METRICS / "dedup.json", metrics)
+    write_json(P.METRICS / "data_quality.json", quality)
+    funnel = _funnel()
+    write_json(P.METRICS / "funnel.json", funnel)
+    with stage_run("dedup", params, params.data.dedup.model_dump(), inputs={"filtered": P.FILTERED}) as run:
+        run.metrics({k: v for k, v in metrics.items() if k != "by_source"})
+        run.metrics({"quality": quality})
+    log.info("dedup: kept %d of %d (%d exact, %d near duplicates)", len(kept), len(df),
+             stats["exact_duplicates"], stats["near_duplicates"])
+
+
+def _quality(params: Params, curated: pd.DataFrame) -> dict:
+    """Precision/recall of filters + dedup against the world's planted labels (world sources only)."""
+    labels_path = P.WORLD / "labels.parquet"
+    if not labels_path.exists() or not any(s.format == "world" for s in params.data.sources):
+        return {}
+    rejected = pd.concat([read_docs(P.RAW / "rejected.parquet"), read_docs(P.FILTERED / "rejected.parquet"),
+                          read_docs(P.CURATED / "rejected.parquet")], ignore_index=True)
+    return score_against_labels(curated, rejected, pd.read_parquet(labels_path))
+
+
+def _funnel() -> dict:
+    """Documents left after each data stage: the numbers behind the funnel chart."""
+    def kept(stage: str) -> int:
+        return json.loads((P.METRICS / f"{stage}.json").read_text())["kept"]
+
+    ingested = json.loads((P.METRICS / "ingest.json").read_text())["ingested"]
+    return {"ingested": ingested, **{f"after_{stage}": kept(stage) for stage in ("ingest", "filter", "dedup")}}
+
+
+def tokenize(params: Params) -> None:
+    df = read_docs(P.CURATED / "curated.parquet")
+    df["slice"] = slice_of(df)
+    df = df.sort_values(["timestamp", "id"]).reset_index(drop=True)
+    tok = train_tokenizer(df["text"].tolist(), params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+    index: dict = {"vocab_size": len(tok), "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "slices": {}}
+    with atomic_dir(P.TOKENS) as tmp:
+        tok.save_pretrained(tmp)
+        for name, group in df.groupby("slice", sort=True):
+            ids = encode_stream(tok, group["text"].tolist())
+            ids.astype(dtype_for(len(tok))).tofile(tmp / f"{name}.bin")
+            index["slices"][name] = {"file": f"{name}.bin", "tokens": int(len(ids)), "docs": int(len(group)),
+                                     "dtype": np.dtype(dtype_for(len(tok))).name}
+        write_json(tmp / "index.json", index)
+    metrics = {"vocab_size": len(tok), "tokens": sum(s["tokens"] for s in index["slices"].values()),
+               "tokens_per_slice": {k: v["tokens"] for k, v in index["slices"].items()}}
+    write_json(P.METRICS / "tokenize.json", metrics)
+    with stage_run("tokenize", params, params.tokenizer.model_dump(), inputs={"curated": P.CURATED}) as run:
+        run.metrics(metrics)
+    log.info("tokenize: vocab %d, %d tokens in %d slices", len(tok), metrics["tokens"], len(index["slices"]))

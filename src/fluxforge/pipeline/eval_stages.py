@@ -1,0 +1,103 @@
+"""The end of the DAG: evaluate every model, register the final one, write the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pandas as pd
+
+from fluxforge import paths as P
+from fluxforge.config import Params
+from fluxforge.data.tokenize import load_tokenizer
+from fluxforge.eval.evaluate import accuracy_table, evaluate_model
+from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
+from fluxforge.io import atomic_file, read_jsonl, write_json
+from fluxforge.pipeline.train_stages import new_model
+from fluxforge.track.runs import stage_run
+from fluxforge.train.model import load_model
+
+log = logging.getLogger(__name__)
+
+
+def model_names(params: Params) -> list[str]:
+    """Every model the DAG produces, in order, after an untrained baseline."""
+    return ["untrained", "pretrain", *[f"continual/{t}" for t in params.continual.tasks], "student"]
+
+
+def evaluate(params: Params) -> None:
+    heldout = read_jsonl(P.WORLD / "eval" / "heldout.jsonl")
+    questions = read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
+    results, per_question = {}, []
+    for name in model_names(params):
+        if name == "untrained":
+            model, tok = new_model(params, params.model), load_tokenizer(P.TOKENS)
+        else:
+            model, tok = load_model(P.model_dir(name))
+        r, per_q = evaluate_model(model, tok, heldout, questions, params.evaluate.seq_len, params.evaluate.batch_size)
+        results[name] = r
+        per_question.append(per_q.assign(model=name))
+        log.info("evaluate %-28s general ppl %8.1f acc %.3f | cyber ppl %8.1f acc %.3f", name,
+                 r["general"]["ppl"], r["general"]["acc"], r["cyber"]["ppl"], r["cyber"]["acc"])
+    per_q = pd.concat(per_question, ignore_index=True)
+    tests = significance(per_q, final=params.continual.final)
+    summary = {"models": results, "tests": tests, "final": params.continual.final, "questions": len(questions)}
+    write_json(P.METRICS / "eval.json", summary)
+    P.REPORTS.mkdir(parents=True, exist_ok=True)
+    with atomic_file(P.REPORTS / "eval_questions.parquet", "wb") as fh:
+        per_q.to_parquet(fh, index=False)
+    table = accuracy_table(results)
+    with atomic_file(P.PLOTS / "eval" / "accuracy.csv") as fh:
+        table.to_csv(fh, index=False)
+    with stage_run("evaluate", params, params.evaluate.model_dump(), inputs={"models": P.MODELS, "eval_sets": P.WORLD / "eval"}) as run:
+        run.metrics({"tests": tests})
+        for name, r in results.items():
+            run.metrics({name.replace("/", "_"): {d: r[d] for d in ("general", "cyber")}})
+        run.artifact(P.PLOTS / "eval" / "accuracy.csv")
+
+
+def significance(per_q: pd.DataFrame, final: str) -> dict:
+    """Cyber accuracy of the final model against the pretrained one and against chance (one-sided)."""
+    def correct(model: str, domain: str) -> list[bool]:
+        return per_q[(per_q["model"] == model) & (per_q["domain"] == domain)].sort_values("id")["correct"].tolist()
+
+    out = {}
+    for domain in ("cyber", "general"):
+        after, before = correct(final, domain), correct("pretrain", domain)
+        n = len(after)
+        mc = mcnemar_one_sided(after, before)
+        out[domain] = {
+            "n": n, "acc_pretrain": sum(before) / n, "acc_final": sum(after) / n,
+            "gain": (sum(after) - sum(before)) / n,
+            "p_final_vs_chance": binomial_vs_chance(sum(after), n),
+            "p_pretrain_vs_chance": binomial_vs_chance(sum(before), n),
+            "p_final_vs_pretrain": mc["p_value"], "gained": mc["gained"], "lost": mc["lost"],
+        }
+    return out
+
+
+def write_csv(rows: list[dict], path) -> None:  # noqa: ANN001
+    with atomic_file(path) as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def register(params: Params) -> None:
+    from fluxforge.track.registry import register_and_gate
+
+    ev = json.loads((P.METRICS / "eval.json").read_text())
+    decision = register_and_gate(params, ev)
+    write_json(P.METRICS / "register.json", decision)
+    log.info("register: %s version %s is challenger; promoted to champion: %s", decision["model_name"],
+             decision["version"], decision["promoted"])
+    for r in decision["reasons"]:
+        log.info("  gate: %s", r)
+
+
+def report(params: Params) -> None:
+    from fluxforge.eval.report import build_report
+
+    path = build_report(params, P.REPORTS / "report.html")
+    log.info("report: %s", path.resolve())

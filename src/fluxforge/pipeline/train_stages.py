@@ -1,0 +1,97 @@
+"""The model half of the DAG: pretrain -> continual tasks -> distill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from fluxforge import paths as P
+from fluxforge.config import ModelConfig, Params, TrainConfig
+from fluxforge.data.tokenize import load_streams, load_tokenizer
+from fluxforge.io import atomic_file, write_json
+from fluxforge.train.loop import Objective, causal_lm_loss, distillation_loss, train
+from fluxforge.train.model import build_model, count_params, load_info, load_model, save_model
+from fluxforge.train.sampler import MixtureSampler, mixture_weights
+from fluxforge.track.runs import stage_run
+
+log = logging.getLogger(__name__)
+
+
+def _sampler(params: Params, cfg: TrainConfig) -> tuple[MixtureSampler, dict[str, float]]:
+    new = params.expand(cfg.slices)
+    replay = [s for s in params.expand(cfg.replay.slices) if s not in new]
+    streams = load_streams(P.TOKENS, new + replay)
+    weights = mixture_weights(new, replay, cfg.replay.ratio, {k: len(v) for k, v in streams.items()})
+    return MixtureSampler(streams, weights, cfg.seq_len, cfg.batch_size, cfg.seed), weights
+
+
+def _write_curve(history: list[dict], path: Path) -> None:
+    with atomic_file(path) as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "tokens", "tokens_per_s"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+
+
+def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.nn.Module, parent: str,
+         objective: Objective = causal_lm_loss, extra_info: dict | None = None) -> None:
+    tok = load_tokenizer(P.TOKENS)
+    sampler, weights = _sampler(params, cfg)
+    ckpt_dir = P.CHECKPOINTS / name
+    parent_info = load_info(P.model_dir(parent)) if parent else {}
+    with stage_run(stage, params, cfg.model_dump(), inputs={"tokens": P.TOKENS, **({"parent": P.model_dir(parent)} if parent else {})}) as run:
+        t0 = time.perf_counter()
+        history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name)
+        seconds = time.perf_counter() - t0
+        tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+        info = {
+            "name": name, "stage": stage, "parent": parent, "parent_run_id": parent_info.get("mlflow_run_id", ""),
+            "mixture": weights, "steps": cfg.steps, "tokens": tokens,
+            "cumulative_tokens": parent_info.get("cumulative_tokens", 0) + tokens if parent and stage != "distill" else tokens,
+            "parameters": count_params(model), "final_loss": history[-1]["loss"], "train_seconds": seconds,
+            "mlflow_run_id": run.run_id, **(extra_info or {}),
+        }
+        save_model(model, tok, P.model_dir(name), info)
+        metrics = {k: info[k] for k in ("steps", "tokens", "cumulative_tokens", "parameters", "final_loss", "train_seconds")}
+        metrics["tokens_per_s"] = tokens / seconds if seconds else 0.0
+        write_json(P.METRICS / "train" / f"{name.replace('/', '_')}.json", metrics)
+        _write_curve(history, P.PLOTS / "train" / f"{name.replace('/', '_')}.csv")
+        run.metrics(metrics)
+        run.history(history)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("%s: %d steps, final loss %.3f, %.0f tokens/s", name, cfg.steps, metrics["final_loss"], metrics["tokens_per_s"])
+
+
+def new_model(params: Params, cfg: ModelConfig) -> torch.nn.Module:
+    index = json.loads((P.TOKENS / "index.json").read_text())
+    return build_model(cfg, index["vocab_size"], index["eos_id"], index["pad_id"])
+
+
+def pretrain(params: Params) -> None:
+    _run(params, "pretrain", "pretrain", params.pretrain, new_model(params, params.model), parent="")
+
+
+def continual(params: Params, task: str) -> None:
+    if task not in params.continual.tasks:
+        raise KeyError(f"continual task '{task}' is not in params.yaml continual.tasks ({list(params.continual.tasks)})")
+    cfg = params.continual.tasks[task]
+    model, _ = load_model(P.model_dir(cfg.init))
+    _run(params, f"continual@{task}", f"continual/{task}", cfg, model, parent=cfg.init, extra_info={"kind": cfg.kind})
+
+
+def distill(params: Params) -> None:
+    cfg = params.distill
+    teacher_name = params.teacher_path()
+    teacher, _ = load_model(P.model_dir(teacher_name))
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = new_model(params, cfg.student)
+    objective = distillation_loss(teacher, cfg.temperature, cfg.alpha)
+    _run(params, "distill", "student", cfg, student, parent=teacher_name, objective=objective,
+         extra_info={"teacher": teacher_name, "teacher_parameters": count_params(teacher)})

@@ -1,0 +1,71 @@
+"""What ties a stage run to code and data: git commit, DVC stage hash, dataset digests.
+
+The DVC stage hash is DVC's own run-cache key for the stage (computed with DVC's
+stage API over cmd + dependency hashes + params), so an MLflow run can be matched
+to ``.dvc/cache/runs/<hash>`` and to the ``dvc.lock`` entry that DVC writes after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+def git_commit(cwd: Path | str = ".") -> dict[str, str]:
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
+
+
+def dvc_stage_hash(stage: str, root: Path | str = ".") -> str:
+    """DVC's run-cache key for ``stage`` as it is about to run (empty if DVC cannot compute it)."""
+    try:
+        from dvc.repo import Repo
+        from dvc.stage.cache import _get_stage_hash  # DVC's own key; no public API exposes it
+
+        with Repo(str(root)) as repo:
+            st = repo.stage.collect(stage)[0]
+            st.save_deps()
+            return _get_stage_hash(st) or ""
+    except Exception as err:  # noqa: BLE001 - lineage must never break a stage
+        log.info("no DVC stage hash for %s: %s", stage, err)
+        return ""
+
+
+def digest_path(path: Path | str) -> str:
+    """sha256 over a file, or over a directory's relative paths and file contents (sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def lock_hashes(lock_path: Path | str = "dvc.lock") -> dict[str, str]:
+    """{stage: md5 of its outputs} from dvc.lock, the data-side identity of each stage on the chain."""
+    path = Path(lock_path)
+    if not path.exists():
+        return {}
+    lock = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for name, entry in (lock.get("stages") or {}).items():
+        md5s = [o.get("md5", "") for o in entry.get("outs", []) if o.get("md5")]
+        if md5s:
+            out[name] = hashlib.md5("".join(md5s).encode()).hexdigest()
+    return out

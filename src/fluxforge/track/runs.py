@@ -1,0 +1,87 @@
+"""One MLflow run per stage: params, metrics, input digests, git commit and DVC stage hash."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fluxforge.config import Params
+from fluxforge.track.lineage import digest_path, dvc_stage_hash, git_commit
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class StageRun:
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.run_id = run.info.run_id
+
+    def metrics(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        import mlflow
+
+        flat = {k: float(v) for k, v in flatten(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if flat:
+            mlflow.log_metrics(flat, step=step)
+
+    def history(self, rows: list[dict], keys: tuple[str, ...] = ("loss", "lr", "tokens_per_s")) -> None:
+        import mlflow
+        from mlflow.entities import Metric
+
+        client = mlflow.MlflowClient()
+        ms = [Metric(k, float(r[k]), 0, int(r["step"])) for r in rows for k in keys if k in r]
+        for i in range(0, len(ms), 900):
+            client.log_batch(self.run_id, metrics=ms[i : i + 900])
+
+    def artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        elif path.exists():
+            mlflow.log_artifact(str(path), artifact_path)
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = None,
+              inputs: Mapping[str, Path | str] | None = None) -> Iterator[StageRun]:
+    """Open an MLflow run for a DVC stage with its lineage already logged."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+
+    mlflow.set_tracking_uri(tracking_uri(params))
+    mlflow.set_experiment(params.tracking.experiment)
+    tags = {"fluxforge.stage": stage, "dvc.stage": stage, "dvc.stage_hash": dvc_stage_hash(stage), **git_commit()}
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        if section:
+            flat = {k: str(v)[:6000] for k, v in flatten(section).items()}
+            keys = list(flat)
+            for i in range(0, len(keys), 100):
+                mlflow.log_params({k: flat[k] for k in keys[i : i + 100]})
+        for name, path in (inputs or {}).items():
+            if Path(path).exists():
+                digest = digest_path(path)
+                ds = MetaDataset(source=FileSystemDatasetSource(str(Path(path).resolve())), name=name, digest=digest[:32])
+                mlflow.log_input(ds, context="input")
+                mlflow.set_tag(f"input.{name}.sha256", digest)
+        yield StageRun(run)

@@ -1,0 +1,5 @@
+"""DVC stage `report`: write reports/report.html."""
+
+from fluxforge.pipeline.runner import main
+
+main("report")
