@@ -79,5 +79,5 @@ def run_stage(name: str, *args: str, params_path: str = "params.yaml") -> int:
 
 
 def main(name: str) -> None:
-    """Entry point of the thin scripts in stages/: ``python stages/<name>.py [args]``."""
+    """Entry point of the thin scripts in stages/: ``python -m stages.<name> [args]``."""
     sys.exit(run_stage(name, *sys.argv[1:]))
