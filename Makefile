@@ -10,6 +10,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DS_ACCELERATOR            ?= cpu
 export TOKENIZERS_PARALLELISM    := false
 export HF_HUB_OFFLINE            := 1
+export MLFLOW_DISABLE_TELEMETRY  := true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH                      := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test test-fast bench report clean help
@@ -27,6 +29,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP) ## create .venv with the pinned environment
 
 run: install     ## install, then run the whole DAG (dvc repro)
+	$(BIN)/fluxforge check-params
 	$(BIN)/dvc repro
 	@$(BIN)/fluxforge summary
 

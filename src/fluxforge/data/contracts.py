@@ -34,7 +34,7 @@ def raw_expectations(max_text_chars: int = 5_000_000) -> list:
         gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=max_text_chars),
         gxe.ExpectColumnValuesToBeInSet(column="domain", value_set=list(DOMAINS)),
         gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
-        gxe.ExpectColumnValuesToMatchRegex(column="url", regex=r"^(https?|s3|file)://", mostly=1.0),
+        gxe.ExpectColumnValuesToMatchRegex(column="url", regex=r"^(?:https?|s3|file)://", mostly=1.0),
     ]
 
 

@@ -20,7 +20,6 @@ import pandas as pd
 
 from fluxforge.config import DedupConfig
 
-_MERSENNE = np.uint64((1 << 61) - 1)
 _NORM = re.compile(r"[^\w\s]")
 
 
@@ -28,26 +27,42 @@ def normalise(text: str) -> str:
     return " ".join(_NORM.sub(" ", text.lower()).split())
 
 
-def _shingle_hashes(text: str, n: int) -> np.ndarray:
+def shingles(text: str, n: int) -> set[str]:
     words = normalise(text).split()
-    grams = {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+    return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    """Exact Jaccard similarity of word n-gram shingle sets (what MinHash estimates)."""
+    sa, sb = shingles(a, n), shingles(b, n)
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+def _shingle_hashes(text: str, n: int) -> np.ndarray:
+    grams = shingles(text, n)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in grams),
+        (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams),
         dtype=np.uint64, count=len(grams),
     )
 
 
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: a bijective mix, so each seed below acts as an independent permutation."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)  # wraps mod 2^64 by design
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
 def minhash_signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
-    """(docs, bands*rows) uint64 signatures with universal hashing ((a*x + b) mod p)."""
+    """(docs, bands*rows) uint64 MinHash signatures: min over shingles of fmix64(shingle ^ seed_k)."""
     k = cfg.bands * cfg.rows
-    rng = np.random.default_rng(cfg.seed)
-    # shingle hashes are 32-bit and a, b < 2^31, so a*h + b < 2^64: exact in uint64, no wrap-around
-    a = rng.integers(1, 1 << 31, size=k, dtype=np.uint64)
-    b = rng.integers(0, 1 << 31, size=k, dtype=np.uint64)
+    seeds = np.random.default_rng(cfg.seed).integers(0, np.iinfo(np.uint64).max, size=k, dtype=np.uint64, endpoint=True)
     sig = np.empty((len(texts), k), dtype=np.uint64)
     for i, t in enumerate(texts):
         h = _shingle_hashes(t, cfg.ngram)
-        sig[i] = ((a[:, None] * h[None, :] + b[:, None]) % _MERSENNE).min(axis=1)
+        sig[i] = _fmix64(h[None, :] ^ seeds[:, None]).min(axis=1)
     return sig
 
 

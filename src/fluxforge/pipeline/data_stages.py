@@ -15,7 +15,6 @@ from fluxforge.data.dedup import dedup
 from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, write_docs
 from fluxforge.data.filters import apply_filters
 from fluxforge.data.quality import score_against_labels
-from fluxforge.data.tokenize import dtype_for, encode_stream, train_tokenizer
 from fluxforge.io import atomic_dir, write_json
 from fluxforge.track.runs import stage_run
 from fluxforge.world import generate_world
@@ -123,6 +122,8 @@ def _funnel() -> dict:
 
 
 def tokenize(params: Params) -> None:
+    from fluxforge.data.tokenize import dtype_for, encode_stream, train_tokenizer
+
     df = read_docs(P.CURATED / "curated.parquet")
     df["slice"] = slice_of(df)
     df = df.sort_values(["timestamp", "id"]).reset_index(drop=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -22,20 +23,21 @@ QUIET_ENV = {
 }
 
 
-def _stages() -> dict[str, Callable]:
-    from fluxforge.pipeline import data_stages as d
-    from fluxforge.pipeline import eval_stages as e
-    from fluxforge.pipeline import train_stages as t
-
-    return {
-        "world": d.world, "ingest": d.ingest, "validate": d.validate, "filter": d.filter_docs,
-        "dedup": d.dedup_docs, "tokenize": d.tokenize, "pretrain": t.pretrain, "continual": t.continual,
-        "distill": t.distill, "evaluate": e.evaluate, "register": e.register, "report": e.report,
-    }
+# stage -> (module, function): imported lazily so data stages do not pay for torch
+_STAGES = {
+    "world": ("data_stages", "world"), "ingest": ("data_stages", "ingest"), "validate": ("data_stages", "validate"),
+    "filter": ("data_stages", "filter_docs"), "dedup": ("data_stages", "dedup_docs"), "tokenize": ("data_stages", "tokenize"),
+    "pretrain": ("train_stages", "pretrain"), "continual": ("train_stages", "continual"), "distill": ("train_stages", "distill"),
+    "evaluate": ("eval_stages", "evaluate"), "register": ("eval_stages", "register"), "report": ("eval_stages", "report"),
+}
 
 
-STAGES = ("world", "ingest", "validate", "filter", "dedup", "tokenize", "pretrain", "continual", "distill",
-          "evaluate", "register", "report")
+def _stage_fn(name: str) -> Callable:
+    module, fn = _STAGES[name]
+    return getattr(importlib.import_module(f"fluxforge.pipeline.{module}"), fn)
+
+
+STAGES = tuple(_STAGES)
 
 
 def setup_logging() -> None:
@@ -59,13 +61,12 @@ def run_stage(name: str, *args: str, params_path: str = "params.yaml") -> int:
     except ParamsError as err:
         print(f"fluxforge: stage '{name}' not started:\n{err}", file=sys.stderr)
         return 2
-    stages = _stages()
-    if name not in stages:
+    if name not in _STAGES:
         print(f"fluxforge: unknown stage '{name}' (stages: {', '.join(STAGES)})", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
-        stages[name](params, *args)
+        _stage_fn(name)(params, *args)
     except FluxForgeError as err:
         print(f"fluxforge: stage '{name}' failed:\n{err}", file=sys.stderr)
         return 1

@@ -19,10 +19,10 @@ class HFCausalLM(PythonModel):
         self.model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
         self.tok = PreTrainedTokenizerFast.from_pretrained(path)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:  # noqa: ANN001
         import torch
 
-        prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
+        prompts = list(model_input)
         max_new = int((params or {}).get("max_new_tokens", 16))
         out = []
         for p in prompts:

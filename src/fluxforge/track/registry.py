@@ -4,12 +4,16 @@ Versions carry their lineage as tags (git commit, ``dvc.lock`` hashes of the cha
 dataset digests, parent, cumulative tokens, evaluation numbers). ``challenger`` always
 points at the newest version; ``champion`` moves only when every gate rule holds.
 Aliases move with one ``set_registered_model_alias`` call, which is atomic in MLflow.
+The logged model is an MLflow pyfunc whose ``artifacts/hf`` directory is a plain HF
+checkpoint, so both MLflow and transformers users load it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 from fluxforge import paths as P
@@ -62,9 +66,9 @@ def _champion(client, name: str) -> dict | None:  # noqa: ANN001
         return None
     tags = mv.tags or {}
     try:
-        return {"version": mv.version, **{k: float(tags[f"eval.{k}"]) for k in ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")}}
+        return {"version": str(mv.version), **{k: float(tags[f"eval.{k}"]) for k in ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")}}
     except (KeyError, ValueError):
-        return {"version": mv.version, "general_acc": 0.0, "cyber_acc": 0.0, "general_ppl": float("inf"), "cyber_ppl": float("inf")}
+        return {"version": str(mv.version), "general_acc": 0.0, "cyber_acc": 0.0, "general_ppl": float("inf"), "cyber_ppl": float("inf")}
 
 
 def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
@@ -81,7 +85,7 @@ def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
         "data.tokens.sha256": digest_path(P.TOKENS) if P.TOKENS.exists() else "",
     }
     for stage, h in lock_hashes().items():
-        tags[f"dvc.lock.{stage}"] = h
+        tags[f"dvc.lock.{stage.replace('@', '/')}"] = h  # MLflow tag keys may not contain '@'
     return tags
 
 
@@ -93,10 +97,13 @@ def register_and_gate(params: Params, ev: dict) -> dict:
     with stage_run("register", params, params.registry.model_dump(), inputs={"model": P.model_dir(final)}) as run:
         client = mlflow.MlflowClient()
         champion = _champion(client, name)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC), artifacts={"hf": str(P.model_dir(final))},
-            registered_model_name=name, pip_requirements=["torch", "transformers", "safetensors"],
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = Path(tmp) / "hf"  # MLflow names the artifact after the directory: keep it stable
+            shutil.copytree(P.model_dir(final), hf)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC), artifacts={"hf": str(hf)},
+                registered_model_name=name, pip_requirements=["torch", "transformers", "safetensors"],
+            )
         version = str(info.registered_model_version)
         nums = headline(ev, final)
         tags = {**lineage_tags(params, final), **{f"eval.{k}": f"{v:.6g}" for k, v in nums.items()},

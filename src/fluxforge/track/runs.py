@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,8 +67,8 @@ def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = No
               inputs: Mapping[str, Path | str] | None = None) -> Iterator[StageRun]:
     """Open an MLflow run for a DVC stage with its lineage already logged."""
     import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
 
     mlflow.set_tracking_uri(tracking_uri(params))
     mlflow.set_experiment(params.tracking.experiment)
@@ -81,7 +82,10 @@ def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = No
         for name, path in (inputs or {}).items():
             if Path(path).exists():
                 digest = digest_path(path)
-                ds = MetaDataset(source=FileSystemDatasetSource(str(Path(path).resolve())), name=name, digest=digest[:32])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "source type inferred" notices
+                    source = resolve_dataset_source(str(Path(path).resolve()))
+                ds = MetaDataset(source=source, name=name, digest=digest[:32])
                 mlflow.log_input(ds, context="input")
                 mlflow.set_tag(f"input.{name}.sha256", digest)
         yield StageRun(run)

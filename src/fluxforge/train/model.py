@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from fluxforge.errors import FluxForgeError
@@ -64,6 +65,7 @@ def load_model(path: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerFa
         raise ModelLoadError(f"{path}: not a model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path}: no safetensors weights found (pickled checkpoints are refused)")
+    hf_logging.disable_progress_bar()  # one bar per load is noise in stage logs
     try:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
     except Exception as err:  # noqa: BLE001

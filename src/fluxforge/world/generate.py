@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from fluxforge.config import WorldConfig
+from fluxforge.data.dedup import jaccard
 from fluxforge.io import atomic_dir, write_jsonl
 from fluxforge.world import templates as T
 
@@ -64,6 +66,7 @@ class Doc:
     slice: str
     defect: str = "none"
     cluster_id: str = ""
+    jaccard: float = 0.0  # word 5-gram Jaccard with the cluster's original (duplicates only)
     facts: list[str] = field(default_factory=list)
 
 
@@ -199,19 +202,29 @@ class WorldBuilder:
         self.docs.append(doc)
         return doc
 
-    def _render(self, subject: str, facts: list[Fact], heldout: bool = False) -> str:
+    def _render(self, subject: str, facts: list[Fact], heldout: bool = False, variant: int | None = None) -> str:
+        """One document about ``subject``. Documents ``variant`` 0, 1, 2... of the same entity use
+        different phrasings of each fact, so they are paraphrases rather than near duplicates."""
         domain = facts[0].domain
         filler = T.CYBER_FILLER if domain == "cyber" else T.GENERAL_FILLER
         sentences = []
         for f in self.rng.sample(facts, len(facts)):
             train, held, _ = T.RELATIONS[f.relation]
-            tpl = held if heldout else self.rng.choice(train)
+            if heldout:
+                tpl = held
+            elif variant is None:
+                tpl = self.rng.choice(train)
+            else:
+                tpl = train[(variant + self._offset(subject, f.relation)) % len(train)]
             sentences.append(tpl.format(s=f.subject, o=f.object))
         body = sentences + self.rng.sample(filler, 3)
         self.rng.shuffle(body)
         title = f"Security advisory: {subject}" if domain == "cyber" else subject
         body = [_ARTICLE.sub(r"an \1", s) for s in body]
         return title + "\n" + " ".join(body[:3]) + "\n" + " ".join(body[3:])
+
+    def _offset(self, subject: str, relation: str) -> int:
+        return zlib.crc32(f"{self.cfg.seed}|{subject}|{relation}".encode())
 
     def _render_qa(self, subject: str, facts: list[Fact]) -> str:
         lines = [f"Frequently asked questions about {subject}."]
@@ -238,9 +251,9 @@ class WorldBuilder:
                 else:
                     n = g.docs_per_new_fact_entity if fresh else g.docs_per_known_entity
                 seen.add(subject)
-                for _ in range(n):
+                for k in range(n):
                     source = "advisories" if domain == "cyber" else self.rng.choice(["encyclopedia"] * 7 + ["news"] * 3)
-                    doc = self._new_doc(self._render(subject, facts), source, domain, y, "wiki" if source == "encyclopedia" else "a")
+                    doc = self._new_doc(self._render(subject, facts, variant=k + y), source, domain, y, "wiki" if source == "encyclopedia" else "a")
                     doc.facts = [f"{f.subject}|{f.relation}|{f.object}" for f in facts]
                 if n and facts[0].split == "train" and fresh:
                     src = "advisories" if domain == "cyber" else "encyclopedia"
@@ -282,6 +295,7 @@ class WorldBuilder:
                 year = int(orig.slice.rsplit("-", 1)[1])
                 src = "news" if orig.domain == "general" else "forum"
                 dup = self._new_doc(text, src, orig.domain, year, "mirror", defect=kind, cluster_id=orig.doc_id)
+                dup.jaccard = jaccard(text, orig.text)
                 dup.facts = orig.facts
                 orig.cluster_id = orig.doc_id
 
@@ -297,11 +311,11 @@ class WorldBuilder:
         return T.LOREM + "\n" + T.LOREM
 
     def _perturb(self, text: str) -> str:
-        """A near duplicate: one word swapped and a short note appended (Jaccard of 5-grams about 0.85)."""
+        """A near duplicate: one word in the middle replaced (word 5-gram Jaccard about (n-5)/(n+5))."""
         words = text.split(" ")
-        i = self.rng.randrange(len(words))
+        i = self.rng.randrange(5, max(6, len(words) - 5))
         words[i] = self.rng.choice(["also", "now", "still", "then"])
-        return " ".join(words) + " (Updated copy.)"
+        return " ".join(words)
 
     # ------------------------------------------------------------------ evaluation sets
     def build_mcq(self) -> list[dict]:
@@ -368,7 +382,7 @@ def generate_world(cfg: WorldConfig, out: Path | str) -> dict:
             ]
             write_jsonl(tmp / "sources" / f"{source}.jsonl", rows)
         pd.DataFrame(
-            [{"doc_id": d.doc_id, "source": d.source, "slice": d.slice, "defect": d.defect, "cluster_id": d.cluster_id,
+            [{"doc_id": d.doc_id, "source": d.source, "slice": d.slice, "defect": d.defect, "cluster_id": d.cluster_id, "jaccard": d.jaccard,
               "facts": "\n".join(d.facts)} for d in b.docs]
         ).to_parquet(tmp / "labels.parquet", index=False)
         pd.DataFrame([asdict(f) for f in b.facts]).to_parquet(tmp / "facts.parquet", index=False)

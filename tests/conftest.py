@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests use the real parts: real MLflow stores, real DVC, real great-expectations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+for key, value in {
+    "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "FLUXFORGE_PROGRESS": "0",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(key, value)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """The tiny profile as a plain dict (tests mutate copies of it)."""
+    return yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+
+
+@pytest.fixture
+def tiny_params(tiny_raw):  # noqa: ANN001, ANN201
+    from fluxforge.config import parse_params
+
+    return parse_params(tiny_raw)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test from an empty directory (stages write relative paths)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

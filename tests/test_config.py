@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fluxforge.config import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_default_and_tiny_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.continual.final == "continual/cyber"
+    assert p.expand(["general-202[1-3]"]) == ["general-2021", "general-2022", "general-2023"]
+    load_params(ROOT / "profiles" / "tiny.yaml")
+
+
+def test_unknown_key_names_key_and_file(tmp_path, tiny_raw):
+    tiny_raw["pretrain"]["learning_rate"] = 0.1
+    path = _write(tmp_path, tiny_raw)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "pretrain.learning_rate" in msg and "unknown key" in msg
+
+
+def test_wrong_type_and_negative_size_are_reported_together(tmp_path, tiny_raw):
+    tiny_raw["model"]["hidden_size"] = "big"
+    tiny_raw["pretrain"]["steps"] = -5
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, tiny_raw))
+    msg = str(err.value)
+    assert "model.hidden_size" in msg and "pretrain.steps" in msg and "2 problems" in msg
+
+
+def test_slice_glob_must_match_a_slice(tiny_raw):
+    tiny_raw["continual"]["tasks"]["cyber"]["slices"] = ["cyber-1999"]
+    with pytest.raises(ParamsError, match="cyber-1999.*matches no slice"):
+        parse_params(tiny_raw)
+
+
+def test_replay_ratio_outside_unit_interval(tiny_raw):
+    tiny_raw["continual"]["tasks"]["cyber"]["replay"]["ratio"] = 1.5
+    with pytest.raises(ParamsError, match=r"continual.tasks.cyber.replay.ratio"):
+        parse_params(tiny_raw)
+
+
+def test_task_must_start_from_an_earlier_model(tiny_raw):
+    tiny_raw["continual"]["tasks"]["slice2022"]["init"] = "continual/cyber"
+    with pytest.raises(ParamsError, match="not 'pretrain' or an earlier task"):
+        parse_params(tiny_raw)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("world: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_heads_must_divide_hidden(tiny_raw):
+    tiny_raw["model"]["num_heads"] = 3
+    with pytest.raises(ParamsError, match="divisible"):
+        parse_params(tiny_raw)

@@ -1,0 +1,121 @@
+"""End to end: real `dvc repro` of the whole DAG on the tiny profile inside a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git+DVC repo holding the pipeline, with the tiny profile as params.yaml, reproduced once."""
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    root.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "stages", root / "stages", ignore=ignore)
+    shutil.copytree(ROOT / "src", root / "src", ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
+    shutil.copy(ROOT / "profiles" / "tiny.yaml", root / "params.yaml")
+    _run(["git", "init", "-q"], root)
+    _run(["git", "config", "user.email", "ci@example.invalid"], root)
+    _run(["git", "config", "user.name", "ci"], root)
+    _run(["dvc", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "tiny pipeline"], root)
+    first = _run(["dvc", "repro"], root)
+    (root / "first_run.log").write_text(first.stdout + first.stderr)
+    return root
+
+
+def test_whole_dag_runs_and_registers_a_champion(repo):
+    log = (repo / "first_run.log").read_text()
+    expected = {"world", "ingest", "validate", "filter", "dedup", "tokenize", "pretrain", "continual@slice2022",
+                "continual@cyber", "distill", "evaluate", "register", "report"}
+    assert expected <= set(re.findall(r"Running stage '([^']+)'", log))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    champ = client.get_model_version_by_alias("fluxforge-lm", "champion")
+    assert champ.tags["gate"] == "passed" and champ.tags["fluxforge.parent"] == "continual/slice2022"
+    runs = client.search_runs([client.get_experiment_by_name("fluxforge").experiment_id])
+    stages = {r.data.tags["fluxforge.stage"] for r in runs}
+    assert {"world", "pretrain", "continual@cyber", "evaluate", "register"} <= stages
+    pre = next(r for r in runs if r.data.tags["fluxforge.stage"] == "pretrain")
+    assert len(pre.data.tags["dvc.stage_hash"]) == 64 and len(pre.data.tags["git_commit"]) == 40
+    assert pre.data.params["steps"] == "12"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "pretrain" in lock["stages"]
+    assert (repo / ".dvc" / "cache" / "runs" / pre.data.tags["dvc.stage_hash"][:2] / pre.data.tags["dvc.stage_hash"]).exists()
+
+
+def test_metrics_ledger_and_report(repo):
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = json.dumps(shown)
+    assert "eval.json" in metrics and "p_final_vs_pretrain" in metrics
+    for stage in ("ingest", "filter", "dedup"):
+        m = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+        assert m["ingested"] == m["kept"] + m["rejected"]
+    ev = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert set(ev["models"]) == {"untrained", "pretrain", "continual/slice2022", "continual/cyber", "student"}
+    assert ev["models"]["pretrain"]["general"]["ppl"] < ev["models"]["untrained"]["general"]["ppl"]
+    html = (repo / "reports" / "report.html").read_text()
+    assert "Registry decision" in html and html.count("<img") >= 3
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(repo / "models" / "student")
+    assert model.config.num_hidden_layers == 1
+
+
+def test_second_repro_is_a_no_op(repo):
+    again = _run(["dvc", "repro"], repo)
+    assert ran(again) == set()
+    assert "didn't change" in again.stdout
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+
+
+def test_changing_the_student_reruns_only_what_depends_on_it(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["distill"]["student"]["hidden_size"] = 24
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = _run(["dvc", "repro"], repo)
+    assert ran(proc) == {"distill", "evaluate", "register", "report"}
+
+
+def test_bad_params_fail_with_key_and_file(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["steps"] = -3
+    params["pretrain"]["learning_rate"] = 0.1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = _run(["dvc", "repro"], repo, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "params.yaml: invalid params" in out and "pretrain.steps" in out and "pretrain.learning_rate" in out
+    assert "Traceback" not in out
+    check = _run(["fluxforge", "check-params"], repo, check=False)
+    assert check.returncode == 2 and "pretrain.learning_rate: unknown key" in check.stderr

@@ -1,0 +1,72 @@
+import copy
+
+import mlflow
+import pytest
+
+from fluxforge import paths as P
+from fluxforge.config import GateConfig
+from fluxforge.track.registry import gate, register_and_gate
+
+
+def _ev(final_cyber=0.9, final_ppl=110.0, p=1e-6):
+    def m(gacc, cacc, gppl):
+        return {"general": {"acc": gacc, "ppl": gppl}, "cyber": {"acc": cacc, "ppl": 300.0}, "slices": {}}
+
+    return {"final": "continual/cyber",
+            "models": {"pretrain": m(0.6, 0.25, 100.0), "continual/cyber": m(0.7, final_cyber, final_ppl), "student": m(0.3, 0.3, 150.0)},
+            "tests": {"cyber": {"p_final_vs_pretrain": p}}}
+
+
+def test_gate_rules_each_can_fail():
+    ok, reasons = gate(_ev(), GateConfig(), None)
+    assert ok and all(r.startswith("PASS") for r in reasons)
+    ok, reasons = gate(_ev(final_cyber=0.27), GateConfig(), None)
+    assert not ok and any(r.startswith("FAIL cyber accuracy gain") for r in reasons)
+    ok, reasons = gate(_ev(final_ppl=200.0), GateConfig(), None)
+    assert not ok and any(r.startswith("FAIL general held-out perplexity") for r in reasons)
+    ok, reasons = gate(_ev(p=0.2), GateConfig(), None)
+    assert not ok and any("p = 2.00e-01" in r for r in reasons)
+    champ = {"version": "3", "general_acc": 0.9, "cyber_acc": 0.95}
+    ok, reasons = gate(_ev(), GateConfig(), champ)
+    assert not ok and any("champion v3" in r for r in reasons)
+
+
+@pytest.fixture
+def tiny_model_dir(in_tmp):
+    from fluxforge.config import ModelConfig
+    from fluxforge.data.tokenize import train_tokenizer
+    from fluxforge.train.model import build_model, save_model
+
+    tok = train_tokenizer(["Zorvex Gateway is affected by SQL injection."] * 20, 300)
+    m = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=32),
+                    len(tok), tok.eos_token_id, tok.pad_token_id)
+    save_model(m, tok, P.model_dir("continual/cyber"), {"cumulative_tokens": 1234, "parent": "pretrain"})
+    return P.model_dir("continual/cyber")
+
+
+def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model_dir):
+    first = register_and_gate(tiny_params, _ev())
+    assert first["promoted"] and first["version"] == "1"
+    client = mlflow.MlflowClient()
+    name = tiny_params.registry.model_name
+    champ = client.get_model_version_by_alias(name, "champion")
+    assert str(champ.version) == "1"
+    assert champ.tags["fluxforge.cumulative_tokens"] == "1234" and champ.tags["gate"] == "passed"
+
+    worse = copy.deepcopy(_ev())
+    worse["models"]["continual/cyber"]["general"]["acc"] = 0.1
+    strict = tiny_params.model_copy(update={"registry": tiny_params.registry.model_copy(update={"gate": GateConfig()})})
+    second = register_and_gate(strict, worse)
+    assert not second["promoted"] and second["previous_champion"] == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    assert "FAIL mean accuracy" in client.get_model_version(name, "2").tags["gate.reasons"]
+
+    # both MLflow users and transformers users can load the champion
+    out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(["Zorvex Gateway is"])
+    assert isinstance(out, list) and len(out) == 1
+    from transformers import AutoModelForCausalLM
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
+    model = AutoModelForCausalLM.from_pretrained(f"{local}/artifacts/hf")
+    assert model.config.hidden_size == 16

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from fluxforge.config import ModelConfig
+from fluxforge.data.tokenize import train_tokenizer
+from fluxforge.eval.scoring import option_loglikelihoods, perplexity, score_mcq
+from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
+from fluxforge.train.model import build_model
+
+TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok = train_tokenizer(["Question: Which weakness affects Zorvex Gateway? Answer: SQL injection buffer overflow path traversal"] * 30, 320)
+    torch.manual_seed(0)
+    return build_model(TINY, len(tok), tok.eos_token_id, tok.pad_token_id).eval(), tok
+
+
+def test_loglikelihood_matches_a_direct_forward_pass(lm):
+    model, tok = lm
+    ctx, cont = "Question: Which weakness affects Zorvex Gateway?\nAnswer:", " SQL injection"
+    got = option_loglikelihoods(model, tok, [ctx, ctx], [cont, " path traversal"])
+    whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
+    n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([[tok.eos_token_id] + whole])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    expect = sum(logp[i, ids[0, i + 1]].item() for i in range(n_ctx, len(whole)))
+    assert got[0] == pytest.approx(expect, abs=1e-4)
+    assert got[0] != pytest.approx(got[1])
+
+
+def test_batching_does_not_change_scores(lm):
+    model, tok = lm
+    ctx = ["Question: A?\nAnswer:", "Question: Which weakness affects Zorvex Gateway today?\nAnswer:"] * 3
+    cont = [" SQL injection", " buffer overflow", " path traversal", " x", " SQL", " injection"]
+    one = option_loglikelihoods(model, tok, ctx, cont, batch_size=1)
+    many = option_loglikelihoods(model, tok, ctx, cont, batch_size=64)
+    assert one == pytest.approx(many, abs=1e-4)
+
+
+def test_mcq_picks_the_highest_likelihood_and_length_normalises(lm):
+    model, tok = lm
+    q = {"id": "q1", "question": "Question: Which weakness affects Zorvex Gateway?\nAnswer:",
+         "options": ["SQL injection", "buffer overflow", "path traversal", "race condition"], "answer": 0}
+    ll = option_loglikelihoods(model, tok, [q["question"]] * 4, [" " + o for o in q["options"]])
+    r = score_mcq(model, tok, [q])[0]
+    assert r["pred"] == int(ll.argmax())
+    norm = [v / len(" " + o) for v, o in zip(ll, q["options"])]
+    assert r["pred_norm"] == norm.index(max(norm))
+
+
+def test_uniform_model_has_perplexity_equal_to_vocab(lm):
+    model, tok = lm
+    uniform = build_model(TINY, len(tok), tok.eos_token_id, tok.pad_token_id)
+    with torch.no_grad():
+        for p in uniform.parameters():
+            p.zero_()
+    m = perplexity(uniform, tok, ["Zorvex Gateway is affected by SQL injection."], seq_len=8, batch_size=2)
+    assert m["ppl"] == pytest.approx(len(tok), rel=1e-4)
+    assert m["bpb"] > 0
+
+
+def test_binomial_and_mcnemar():
+    assert binomial_vs_chance(25, 100) > 0.4
+    assert binomial_vs_chance(45, 100) < 1e-4
+    before = [False] * 50 + [True] * 50
+    after = [True] * 40 + [False] * 10 + [True] * 48 + [False] * 2
+    r = mcnemar_one_sided(after, before)
+    assert (r["gained"], r["lost"]) == (40, 2)
+    assert r["p_value"] == pytest.approx(sum(math.comb(42, k) for k in range(40, 43)) / 2**42)
+    assert mcnemar_one_sided(before, before)["p_value"] == 1.0

@@ -1,0 +1,90 @@
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fluxforge.config import WorldConfig
+from fluxforge.io import read_jsonl
+from fluxforge.world import generate_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    generate_world(WorldConfig(), out)
+    return out
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix != ".parquet":  # parquet embeds writer metadata; compare via pandas below
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_for_a_seed(world, tmp_path):
+    again = tmp_path / "again"
+    generate_world(WorldConfig(), again)
+    assert _digest(world) == _digest(again)
+    pd.testing.assert_frame_equal(pd.read_parquet(world / "labels.parquet"), pd.read_parquet(again / "labels.parquet"))
+    other = tmp_path / "other"
+    generate_world(WorldConfig(seed=7), other)
+    assert _digest(other) != _digest(world)
+
+
+def test_documents_have_url_timestamp_and_slices(world):
+    docs = [r for f in (world / "sources").glob("*.jsonl") for r in read_jsonl(f)]
+    assert {d["domain"] for d in docs} == {"general", "cyber"}
+    hosts = {d["url"].split("/")[2] for d in docs}
+    assert len(hosts) == 4
+    years = {d["timestamp"][:4] for d in docs}
+    assert years == {"2021", "2022", "2023", "2024"}
+
+
+def test_questions_are_balanced_and_answers_are_facts(world):
+    qs = read_jsonl(world / "eval" / "mcq.jsonl")
+    facts = pd.read_parquet(world / "facts.parquet")
+    positions = Counter(q["answer"] for q in qs)
+    assert max(positions.values()) - min(positions.values()) <= 1 + len(qs) // 50
+    known = set(zip(facts["subject"], facts["relation"], facts["object"]))
+    for q in qs:
+        assert len(set(q["options"])) == 4
+        assert (q["subject"], q["relation"], q["options"][q["answer"]]) in known
+    assert {q["domain"] for q in qs} == {"general", "cyber"}
+    assert any(q["changed"] for q in qs), "some facts change between slices"
+
+
+def test_evaluated_entities_never_appear_in_question_form_in_training(world):
+    qs = read_jsonl(world / "eval" / "mcq.jsonl")
+    text = "\n".join(r["text"] for f in (world / "sources").glob("*.jsonl") for r in read_jsonl(f))
+    for q in qs:
+        stem = q["question"].removesuffix("\nAnswer:")
+        assert stem not in text, f"question form of an evaluated fact leaked into training: {stem}"
+        assert q["subject"] in text, "the fact itself must be in training documents"
+
+
+def test_changed_facts_offer_the_old_value_as_a_distractor(world):
+    for q in read_jsonl(world / "eval" / "mcq.jsonl"):
+        if q["changed"]:
+            facts = pd.read_parquet(world / "facts.parquet")
+            old = facts[(facts.subject == q["subject"]) & (facts.relation == q["relation"]) & (facts.year_to < q["valid_until"])]
+            assert set(old["object"]) & set(q["options"])
+            break
+
+
+def test_defect_labels_live_beside_the_text(world):
+    labels = pd.read_parquet(world / "labels.parquet")
+    counts = labels["defect"].value_counts()
+    for defect in ("boilerplate", "repetition", "symbols", "short", "lorem", "toxic", "exact_dup", "near_dup"):
+        assert counts.get(defect, 0) > 0, defect
+    docs = {r["doc_id"]: r["text"] for f in (world / "sources").glob("*.jsonl") for r in read_jsonl(f)}
+    assert set(docs) == set(labels["doc_id"])
+    assert not any("defect" in t or "near_dup" in t for t in docs.values())
+    exact = labels[labels.defect == "exact_dup"].iloc[0]
+    assert docs[exact.doc_id] == docs[exact.cluster_id]
+    summary = json.loads((world / "summary.json").read_text())
+    assert summary["documents"] == len(docs)
