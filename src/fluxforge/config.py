@@ -71,7 +71,7 @@ class WorldConfig(_Strict):
     defects: DefectRates = DefectRates()
 
     @model_validator(mode="after")
-    def _years_sorted(self) -> "WorldConfig":
+    def _years_sorted(self) -> WorldConfig:
         if sorted(set(self.years)) != list(self.years):
             raise ValueError("years must be strictly increasing")
         return self
@@ -122,7 +122,7 @@ class DataConfig(_Strict):
     dedup: DedupConfig = DedupConfig()
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "DataConfig":
+    def _unique_names(self) -> DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
@@ -146,7 +146,7 @@ class ModelConfig(_Strict):
     init_seed: int = 0
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelConfig":
+    def _heads_divide(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
@@ -174,7 +174,7 @@ class TrainConfig(_Strict):
     log_every: PosInt = 10
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
+    def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
         return self
@@ -189,7 +189,7 @@ class ContinualConfig(_Strict):
     tasks: dict[str, ContinualTask] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _chain(self) -> "ContinualConfig":
+    def _chain(self) -> ContinualConfig:
         seen = ["pretrain"]
         for key, task in self.tasks.items():
             if task.init not in seen:
@@ -250,7 +250,7 @@ class Params(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _slices_exist(self) -> "Params":
+    def _slices_exist(self) -> Params:
         known = self.world.slices()
         sections: list[tuple[str, TrainConfig]] = [("pretrain", self.pretrain), ("distill", self.distill)]
         sections += [(f"continual.tasks.{k}", t) for k, t in self.continual.tasks.items()]

@@ -1,1 +1,1 @@
-"""fluxforge.data"""
+"""Data: the document schema and readers, contracts, filters, dedup, tokenisation and packing."""

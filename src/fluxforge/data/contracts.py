@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fluxforge.errors import FluxForgeError
 from fluxforge.config import DOMAINS
+from fluxforge.errors import FluxForgeError
 from fluxforge.io import write_json
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

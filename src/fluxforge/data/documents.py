@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fluxforge.errors import FluxForgeError
 from fluxforge.config import Source
+from fluxforge.errors import FluxForgeError
 
 RAW_SCHEMA = pa.schema([
     ("id", pa.string()),

@@ -1,1 +1,1 @@
-"""fluxforge.eval"""
+"""Evaluation: perplexity, multiple-choice scoring, significance tests and the HTML report."""

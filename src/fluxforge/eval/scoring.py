@@ -17,6 +17,17 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 
+def _pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into (ids, attention mask) tensors."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def perplexity(model: PreTrainedModel, tok: PreTrainedTokenizerFast, texts: Sequence[str], seq_len: int, batch_size: int = 32) -> dict[str, float]:
     """Token-level perplexity and bits per byte over texts, each scored in windows of ``seq_len``."""
@@ -31,13 +42,7 @@ def perplexity(model: PreTrainedModel, tok: PreTrainedTokenizerFast, texts: Sequ
                 windows.append(chunk)
     nll, count = 0.0, 0
     for b in range(0, len(windows), batch_size):
-        group = windows[b : b + batch_size]
-        width = max(len(w) for w in group)
-        ids = torch.full((len(group), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for i, w in enumerate(group):
-            ids[i, : len(w)] = torch.tensor(w)
-            mask[i, : len(w)] = 1
+        ids, mask = _pad(windows[b : b + batch_size], tok.pad_token_id)
         logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits.float()
         lp = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         m = mask[:, 1:].bool()
@@ -68,13 +73,7 @@ def option_loglikelihoods(model: PreTrainedModel, tok: PreTrainedTokenizerFast, 
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i][0]) - len(reqs[i][1]))
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        seqs = [reqs[i][0] + reqs[i][1] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
+        ids, mask = _pad([reqs[i][0] + reqs[i][1] for i in idx], tok.pad_token_id)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         for r, i in enumerate(idx):
             n_ctx, n_cont = len(reqs[i][0]), len(reqs[i][1])

@@ -47,7 +47,7 @@ def ingest(params: Params) -> None:
     write_json(P.METRICS / "ingest.json", ledger.to_dict())
     with stage_run("ingest", params, params.data.model_dump(include={"sources"}),
                    inputs={s.name: s.path for s in params.data.sources}) as run:
-        run.metrics({k: v for k, v in ledger.to_dict().items() if k != "by_source"})
+        run.metrics(_headline(ledger.to_dict()))
 
 
 def _raw_tables(params: Params) -> list:
@@ -64,39 +64,41 @@ def validate(params: Params) -> None:
     log.info("contract 'raw' passed on %d rows", len(df))
 
 
+def _split_stage(stage: str, kept: pd.DataFrame, rejected: pd.DataFrame, out_dir, kept_name: str, stats: dict) -> dict:
+    """Write kept + rejected tables atomically and return the balanced ledger merged with ``stats``."""
+    ledger = Ledger(stage)
+    ledger.add(kept, rejected)
+    ledger.check()
+    with atomic_dir(out_dir) as tmp:
+        write_docs(kept, tmp / kept_name)
+        write_docs(rejected, tmp / "rejected.parquet", rejected=True)
+    metrics = {**ledger.to_dict(), **stats}
+    write_json(P.METRICS / f"{stage}.json", metrics)
+    return metrics
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "by_source"}
+
+
 def filter_docs(params: Params) -> None:
     df = read_docs(_raw_tables(params))
     kept, rejected, stats = apply_filters(df, params.data.filters)
-    ledger = Ledger("filter")
-    ledger.add(kept, rejected)
-    ledger.check()
-    with atomic_dir(P.FILTERED) as tmp:
-        write_docs(kept, tmp / "kept.parquet")
-        write_docs(rejected, tmp / "rejected.parquet", rejected=True)
-    metrics = {**ledger.to_dict(), **stats}
-    write_json(P.METRICS / "filter.json", metrics)
+    metrics = _split_stage("filter", kept, rejected, P.FILTERED, "kept.parquet", stats)
     with stage_run("filter", params, params.data.filters.model_dump(), inputs={"raw": P.RAW}) as run:
-        run.metrics({k: v for k, v in metrics.items() if k != "by_source"})
+        run.metrics(_headline(metrics))
     log.info("filter: kept %d of %d (%s)", len(kept), len(df), metrics["rejected_by_reason"])
 
 
 def dedup_docs(params: Params) -> None:
     df = read_docs(P.FILTERED / "kept.parquet")
     kept, rejected, stats = dedup(df, params.data.dedup)
-    ledger = Ledger("dedup")
-    ledger.add(kept, rejected)
-    ledger.check()
-    with atomic_dir(P.CURATED) as tmp:
-        write_docs(kept, tmp / "curated.parquet")
-        write_docs(rejected, tmp / "rejected.parquet", rejected=True)
-    metrics = {**ledger.to_dict(), **stats}
+    metrics = _split_stage("dedup", kept, rejected, P.CURATED, "curated.parquet", stats)
     quality = _quality(params, kept)
-    write_json(P.METRICS / "dedup.json", metrics)
     write_json(P.METRICS / "data_quality.json", quality)
-    funnel = _funnel()
-    write_json(P.METRICS / "funnel.json", funnel)
+    write_json(P.METRICS / "funnel.json", _funnel())
     with stage_run("dedup", params, params.data.dedup.model_dump(), inputs={"filtered": P.FILTERED}) as run:
-        run.metrics({k: v for k, v in metrics.items() if k != "by_source"})
+        run.metrics(_headline(metrics))
         run.metrics({"quality": quality})
     log.info("dedup: kept %d of %d (%d exact, %d near duplicates)", len(kept), len(df),
              stats["exact_duplicates"], stats["near_duplicates"])

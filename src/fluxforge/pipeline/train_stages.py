@@ -15,10 +15,10 @@ from fluxforge import paths as P
 from fluxforge.config import ModelConfig, Params, TrainConfig
 from fluxforge.data.tokenize import load_streams, load_tokenizer
 from fluxforge.io import atomic_file, write_json
+from fluxforge.track.runs import stage_run
 from fluxforge.train.loop import Objective, causal_lm_loss, distillation_loss, train
 from fluxforge.train.model import build_model, count_params, load_info, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
-from fluxforge.track.runs import stage_run
 
 log = logging.getLogger(__name__)
 

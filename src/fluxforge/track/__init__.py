@@ -1,1 +1,1 @@
-"""fluxforge.track"""
+"""Tracking: MLflow stage runs, lineage and the model registry with its promotion gate."""

@@ -1,1 +1,1 @@
-"""fluxforge.train"""
+"""Training: HF model building, the training loop, schedules and the mixture sampler."""

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 
 import torch
-from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
-from fluxforge.errors import FluxForgeError
 from fluxforge.config import ModelConfig
 from fluxforge.data.tokenize import load_tokenizer
+from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir, write_json
 
 

@@ -21,7 +21,7 @@ import random
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -191,7 +191,7 @@ class WorldBuilder:
 
     # ------------------------------------------------------------------ documents
     def _stamp(self, year: int) -> str:
-        start = datetime(year, 1, 1, tzinfo=timezone.utc)
+        start = datetime(year, 1, 1, tzinfo=UTC)
         return (start + timedelta(seconds=self.rng.randrange(365 * 86400))).isoformat()
 
     def _new_doc(self, text: str, source: str, domain: str, year: int, path: str, **kw) -> Doc:
