@@ -48,7 +48,7 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
 
 def write_json(path: Path, obj: Any) -> None:
     with atomic_file(Path(path)) as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        json.dump(obj, fh, indent=2, default=str)
         fh.write("\n")
 
 

@@ -43,20 +43,23 @@ def _funnel(funnel: dict, ledgers: dict) -> str:
     return _img(fig) + f"<table><tr><th>stage</th><th>reason</th><th>rejected</th></tr>{rows}</table>"
 
 
-def _curves() -> str:
-    files = sorted((P.PLOTS / "train").glob("*.csv"))
+def _curves(params: Params) -> str:
+    """Training loss of each model in DAG order, continual tasks placed after the model they start from."""
+    order = ["pretrain", *[f"continual_{t}" for t in params.continual.tasks]]
+    files = {f.stem: f for f in (P.PLOTS / "train").glob("*.csv")}
     if not files:
         return "<p>No training curves.</p>"
     fig, ax = plt.subplots(figsize=(7, 3.2))
     offset = 0
-    for f in files:
-        df = pd.read_csv(f)
-        if f.stem == "student":
-            ax.plot(df["step"], df["loss"], "--", label="student (KD loss)")
-            continue
-        ax.plot(df["step"] + offset, df["loss"], label=f.stem)
-        offset += int(df["step"].max())
-    ax.set_xlabel("step (tasks placed end to end)")
+    for name in order:
+        if name in files:
+            df = pd.read_csv(files[name])
+            ax.plot(df["step"] + offset, df["loss"], label=name.replace("continual_", "continual/"))
+            offset += int(df["step"].max())
+    if "student" in files:
+        df = pd.read_csv(files["student"])
+        ax.plot(df["step"], df["loss"], "--", label="student (KD loss, own steps)")
+    ax.set_xlabel("step (continual tasks placed end to end)")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -130,7 +133,7 @@ th{{background:#f3f3f3}}td:first-child{{text-align:left}}img{{max-width:100%}}</
 experiment <code>{html.escape(params.tracking.experiment)}</code>.</p>
 <h2>1. Data funnel</h2>{_funnel(_load(P.METRICS / 'funnel.json'), ledgers)}
 <h3>Filters and dedup against the planted labels</h3><table><tr><th>metric</th><th>value</th></tr>{q_rows}</table>
-<h2>2. Training</h2>{_curves()}
+<h2>2. Training</h2>{_curves(params)}
 <h2>3. Evaluation</h2>{_accuracy(ev)}
 <h3>Is the cyber update's gain real?</h3>{_tests(ev)}
 <h2>4. Registry decision</h2>{_registry(_load(P.METRICS / 'register.json'))}
