@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from pipeline_repo import make_repo, ran
+from pipeline_repo import run as _run
+
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def ran(proc: subprocess.CompletedProcess) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh git+DVC repo holding the pipeline, with the tiny profile as params.yaml, reproduced once."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
-    root.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "stages", root / "stages", ignore=ignore)
-    shutil.copytree(ROOT / "src", root / "src", ignore=ignore)
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
-    shutil.copy(ROOT / "profiles" / "tiny.yaml", root / "params.yaml")
-    _run(["git", "init", "-q"], root)
-    _run(["git", "config", "user.email", "ci@example.invalid"], root)
-    _run(["git", "config", "user.name", "ci"], root)
-    _run(["dvc", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "tiny pipeline"], root)
+    root = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
     first = _run(["dvc", "repro"], root)
     (root / "first_run.log").write_text(first.stdout + first.stderr)
+    shutil.copy(root / "dvc.lock", root.parent / "first_dvc.lock")
     return root
 
 

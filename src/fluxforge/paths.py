@@ -18,3 +18,8 @@ CHECKPOINTS = Path("checkpoints")  # scratch for resumable training; not a DVC o
 def model_dir(name: str) -> Path:
     """'pretrain', 'continual/<task>', 'student' -> models/<name>."""
     return MODELS / name
+
+
+def train_metrics_file(name: str) -> Path:
+    """metrics/train/<name with / as _>.json: what a training stage reports for model ``name``."""
+    return METRICS / "train" / f"{name.replace('/', '_')}.json"

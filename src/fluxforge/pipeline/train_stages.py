@@ -31,6 +31,12 @@ def _sampler(params: Params, cfg: TrainConfig) -> tuple[MixtureSampler, dict[str
     return MixtureSampler(streams, weights, cfg.seq_len, cfg.batch_size, cfg.seed), weights
 
 
+def train_metrics(name: str) -> dict:
+    """The metrics file a training stage wrote for model ``name`` ({} if none)."""
+    path = P.train_metrics_file(name)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _write_curve(history: list[dict], path: Path) -> None:
     with atomic_file(path) as fh:
         w = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "tokens", "tokens_per_s"], extrasaction="ignore")
@@ -49,20 +55,22 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
         history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name)
         seconds = time.perf_counter() - t0
         tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+        # info.json travels inside the model directory (a DVC output), so it holds only what is
+        # deterministic for the same inputs; run ids and timings go to the metrics file instead.
         info = {
-            "name": name, "stage": stage, "parent": parent, "parent_run_id": parent_info.get("mlflow_run_id", ""),
-            "mixture": weights, "steps": cfg.steps, "tokens": tokens,
+            "name": name, "stage": stage, "parent": parent, "mixture": weights, "steps": cfg.steps, "tokens": tokens,
             "cumulative_tokens": parent_info.get("cumulative_tokens", 0) + tokens if parent and stage != "distill" else tokens,
-            "parameters": count_params(model), "final_loss": history[-1]["loss"], "train_seconds": seconds,
-            "mlflow_run_id": run.run_id, **(extra_info or {}),
+            "parameters": count_params(model), "final_loss": history[-1]["loss"], **(extra_info or {}),
         }
         save_model(model, tok, P.model_dir(name), info)
-        metrics = {k: info[k] for k in ("steps", "tokens", "cumulative_tokens", "parameters", "final_loss", "train_seconds")}
-        metrics["tokens_per_s"] = tokens / seconds if seconds else 0.0
-        write_json(P.METRICS / "train" / f"{name.replace('/', '_')}.json", metrics)
+        metrics = {k: info[k] for k in ("steps", "tokens", "cumulative_tokens", "parameters", "final_loss")}
+        metrics.update(train_seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0, mlflow_run_id=run.run_id)
+        write_json(P.train_metrics_file(name), metrics)
         _write_curve(history, P.PLOTS / "train" / f"{name.replace('/', '_')}.csv")
         run.metrics(metrics)
         run.history(history)
+        if parent:
+            run.tags({"fluxforge.parent": parent, "fluxforge.parent_run_id": train_metrics(parent).get("mlflow_run_id", "")})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info("%s: %d steps, final loss %.3f, %.0f tokens/s", name, cfg.steps, metrics["final_loss"], metrics["tokens_per_s"])
 

@@ -43,6 +43,11 @@ class StageRun:
         if flat:
             mlflow.log_metrics(flat, step=step)
 
+    def tags(self, values: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(dict(values))
+
     def history(self, rows: list[dict], keys: tuple[str, ...] = ("loss", "lr", "tokens_per_s")) -> None:
         import mlflow
         from mlflow.entities import Metric

@@ -1,0 +1,55 @@
+"""Build a throwaway git + DVC repository holding the pipeline, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this environment's executables first on PATH (stage commands call `python`)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ran(proc: subprocess.CompletedProcess) -> set[str]:
+    """Stages that `dvc repro` actually executed."""
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+def make_repo(root: Path, profile: str = "profiles/tiny.yaml") -> Path:
+    root.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("stages", "src", "flows"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copy(ROOT / profile, root / "params.yaml")
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "ci@example.invalid"], root)
+    run(["git", "config", "user.name", "ci"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny pipeline"], root)
+    return root
+
+
+def cached_out_hashes(lock: dict) -> dict[str, str]:
+    """{path: md5} of every cached output in a dvc.lock (data and models; not metrics, which carry timings)."""
+    out = {}
+    for entry in lock["stages"].values():
+        for o in entry.get("outs", []):
+            if "md5" in o and not o["path"].startswith(("metrics", "plots", "reports")):
+                out[o["path"]] = o["md5"]
+    return out
