@@ -73,3 +73,13 @@ def test_binomial_and_mcnemar():
     assert (r["gained"], r["lost"]) == (40, 2)
     assert r["p_value"] == pytest.approx(sum(math.comb(42, k) for k in range(40, 43)) / 2**42)
     assert mcnemar_one_sided(before, before)["p_value"] == 1.0
+
+
+def test_pooled_perplexity_equals_perplexity_of_the_union(lm):
+    from fluxforge.eval.scoring import summarize
+
+    model, tok = lm
+    a, b = ["Zorvex Gateway is affected by SQL injection."], ["The vendor of Brindle Router is Tarn Labs.", "Answer: path traversal"]
+    pa, pb, both = (perplexity(model, tok, t, seq_len=8) for t in (a, b, a + b))
+    pooled = summarize(pa["nll"] + pb["nll"], pa["tokens"] + pb["tokens"], pa["bytes"] + pb["bytes"])
+    assert pooled["ppl"] == pytest.approx(both["ppl"], rel=1e-5) and pooled["bpb"] == pytest.approx(both["bpb"], rel=1e-5)

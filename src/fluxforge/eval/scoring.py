@@ -49,11 +49,18 @@ def perplexity(model: PreTrainedModel, tok: PreTrainedTokenizerFast, texts: Sequ
         nll += lp[m].sum().item()
         count += int(m.sum())
     n_bytes = sum(len(t.encode("utf-8")) for t in texts) + len(texts)
+    return summarize(nll, count, n_bytes)
+
+
+def summarize(nll: float, tokens: int, n_bytes: int) -> dict[str, float]:
+    """Perplexity, mean loss and bits per byte from summed negative log-likelihood (so parts can be pooled)."""
     return {
-        "ppl": math.exp(nll / max(count, 1)),
-        "loss": nll / max(count, 1),
+        "ppl": math.exp(nll / max(tokens, 1)),
+        "loss": nll / max(tokens, 1),
         "bpb": nll / math.log(2) / max(n_bytes, 1),
-        "tokens": count,
+        "tokens": tokens,
+        "nll": nll,
+        "bytes": n_bytes,
     }
 
 
