@@ -46,7 +46,7 @@ def dag_stages(root: Path | str = ".") -> list[str]:
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
 
 
 def _env() -> dict[str, str]:

@@ -39,3 +39,18 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test from an empty directory (stages write relative paths)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):  # noqa: ANN201
+    """A git+DVC repo of the pipeline on the tiny profile, reproduced once by plain `dvc repro`.
+
+    Returns (path, {cached output: md5} right after that first run). Tests may change the repo
+    afterwards; the hashes stay those of the first, untouched run.
+    """
+    from pipeline_repo import cached_out_hashes, make_repo, run
+
+    root = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    first = run(["dvc", "repro"], root)
+    (root / "first_run.log").write_text(first.stdout + first.stderr)
+    return root, cached_out_hashes(yaml.safe_load((root / "dvc.lock").read_text()))

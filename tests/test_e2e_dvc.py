@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline_repo import make_repo, ran
+from pipeline_repo import ran
 from pipeline_repo import run as _run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A fresh git+DVC repo holding the pipeline, with the tiny profile as params.yaml, reproduced once."""
-    root = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    first = _run(["dvc", "repro"], root)
-    (root / "first_run.log").write_text(first.stdout + first.stderr)
-    shutil.copy(root / "dvc.lock", root.parent / "first_dvc.lock")
-    return root
+def repo(tiny_repo) -> Path:
+    """The session's tiny pipeline repo (see conftest), already reproduced once."""
+    return tiny_repo[0]
 
 
 def test_whole_dag_runs_and_registers_a_champion(repo):

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from pipeline_repo import cached_out_hashes, make_repo, run
+from pipeline_repo import cached_out_hashes, make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -21,22 +21,20 @@ def prefect_api(tmp_path_factory):
         yield
 
 
-def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp_path, monkeypatch):
+def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp_path, tiny_repo):
     from flows.refresh import dag_stages, refresh
 
     flow_repo = make_repo(tmp_path / "flow")
-    plain_repo = make_repo(tmp_path / "plain")
     stages = dag_stages(flow_repo)
     assert stages[0] == "world" and stages[-1] == "report"
     assert stages.index("continual@slice2022") < stages.index("continual@cyber") < stages.index("distill")
 
     result = refresh(str(flow_repo))
     assert list(result) == stages and set(result.values()) == {"ran"}
-    run(["dvc", "repro"], plain_repo)
-    flow_lock = yaml.safe_load((flow_repo / "dvc.lock").read_text())
-    plain_lock = yaml.safe_load((plain_repo / "dvc.lock").read_text())
-    assert cached_out_hashes(flow_lock) == cached_out_hashes(plain_lock)
-    assert len(cached_out_hashes(flow_lock)) >= 10
+    flow_hashes = cached_out_hashes(yaml.safe_load((flow_repo / "dvc.lock").read_text()))
+    _, plain_hashes = tiny_repo  # the same pipeline and params, reproduced by plain `dvc repro`
+    assert flow_hashes == plain_hashes
+    assert {"data/world", "data/tokens", "models/pretrain", "models/continual/cyber", "models/student"} <= set(flow_hashes)
 
     again = refresh(str(flow_repo))
     assert set(again.values()) == {"up to date"}

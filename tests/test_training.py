@@ -63,6 +63,13 @@ def test_loss_falls_and_resume_is_bitwise_identical(tmp_path):
         assert torch.equal(p, q), n
 
 
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    sampler = MixtureSampler(_streams(), {"a": 1.0}, 16, 4, seed=1)
+    _stop_after(build_model(TINY, 64, 0, 1), sampler, _cfg(), tmp_path, stop=10)
+    hist = train(build_model(TINY, 64, 0, 1), sampler, _cfg(lr=1e-3), checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert hist[0]["step"] == 5, "a changed config must start from step 0, not from the stale checkpoint"
+
+
 def _stop_after(model, sampler, cfg, ckpt_dir, stop):
     """Run until the checkpoint at ``stop`` is written, then abandon the process state (as a crash would)."""
     class Stop(Exception):

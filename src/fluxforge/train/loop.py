@@ -6,6 +6,7 @@ the model they start from, the data mixture and the objective.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -82,8 +83,13 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
     start, history = 0, []
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
-    if ckpt and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+    # a checkpoint is only resumed by the same run: same stage, same training config
+    fingerprint = hashlib.sha256(f"{desc}|{cfg.model_dump_json()}".encode()).hexdigest()
+    state = torch.load(ckpt, weights_only=True) if ckpt and ckpt.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log.warning("ignoring checkpoint %s: it was written by a run with another configuration", ckpt)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
@@ -120,7 +126,7 @@ def train(
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": done, "history": history}, tmp)
+                        "step": done, "history": history, "fingerprint": fingerprint}, tmp)
             os.replace(tmp, ckpt)
     model.eval()
     return history
