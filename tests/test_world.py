@@ -88,3 +88,11 @@ def test_defect_labels_live_beside_the_text(world):
     assert docs[exact.doc_id] == docs[exact.cluster_id]
     summary = json.loads((world / "summary.json").read_text())
     assert summary["documents"] == len(docs)
+
+
+def test_years_need_not_be_consecutive(tmp_path):
+    summary = generate_world(WorldConfig(years=[2019, 2022, 2024]), tmp_path / "w")
+    assert set(summary["docs_per_slice"]) == {f"{d}-{y}" for d in ("general", "cyber") for y in (2019, 2022, 2024)}
+    facts = pd.read_parquet(tmp_path / "w" / "facts.parquet")
+    changed = facts[facts["previous"] != ""]
+    assert len(changed) and set(changed["year_from"]) <= {2022, 2024}

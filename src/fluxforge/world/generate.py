@@ -139,19 +139,20 @@ class WorldBuilder:
         intro = {p: y for y in reversed(years) for p in people_by_year[y]}
         current_emp = {p: (employer[p], intro[p]) for p in people}
         ceo = {o: (self.rng.choice(people_by_year[first]), first) for o in orgs}
-        for y in years[1:]:
-            for p in people_by_year[y - 1] if (y - 1) in people_by_year else []:
+        for prev, y in zip(years, years[1:]):  # years need not be consecutive
+            for p in people_by_year[prev]:
                 if self.rng.random() < g.change_fraction:
                     old, since = current_emp[p]
-                    self.facts.append(Fact(p, "works_for", old, "general", since, y - 1, split[p]))
+                    self.facts.append(Fact(p, "works_for", old, "general", since, prev, split[p],
+                                           self._prev.get((p, "works_for", since), "")))
                     new = self.rng.choice([o for o in orgs if o != old])
                     current_emp[p] = (new, y)
                     self._prev[(p, "works_for", y)] = old
             for o in orgs:
                 if self.rng.random() < g.change_fraction:
                     old, since = ceo[o]
-                    self.facts.append(Fact(o, "ceo", old, "general", since, y - 1, split[o]))
-                    new = self.rng.choice([p for p in people_by_year[y - 1] if p != old])
+                    self.facts.append(Fact(o, "ceo", old, "general", since, prev, split[o], self._prev.get((o, "ceo", since), "")))
+                    new = self.rng.choice([p for p in people_by_year[prev] if p != old])
                     ceo[o] = (new, y)
                     self._prev[(o, "ceo", y)] = old
         for p, (org, since) in current_emp.items():
