@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -51,9 +50,8 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
     ckpt_dir = P.CHECKPOINTS / name
     parent_info = load_info(P.model_dir(parent)) if parent else {}
     with stage_run(stage, params, cfg.model_dump(), inputs={"tokens": P.TOKENS, **({"parent": P.model_dir(parent)} if parent else {})}) as run:
-        t0 = time.perf_counter()
         history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name)
-        seconds = time.perf_counter() - t0
+        seconds = history[-1]["elapsed"]  # includes the time before a crash when the run was resumed
         tokens = cfg.steps * cfg.batch_size * cfg.seq_len
         # info.json travels inside the model directory (a DVC output), so it holds only what is
         # deterministic for the same inputs; run ids and timings go to the metrics file instead.
