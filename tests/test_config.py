@@ -70,3 +70,35 @@ def test_heads_must_divide_hidden(tiny_raw):
     tiny_raw["model"]["num_heads"] = 3
     with pytest.raises(ParamsError, match="divisible"):
         parse_params(tiny_raw)
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("pretrain", "steps", "400"), ("pretrain", "steps", 400.0), ("pretrain", "seed", True), ("model", "hidden_size", 32.5),
+])
+def test_values_of_the_wrong_type_are_not_coerced(tiny_raw, section, key, value):
+    tiny_raw[section][key] = value
+    with pytest.raises(ParamsError, match=rf"{section}.{key}"):
+        parse_params(tiny_raw)
+
+
+def test_teacher_sources_and_filter_bounds_are_checked(tiny_raw):
+    bad = [
+        (("distill", "teacher"), "cyber", "distill.teacher 'cyber' is not one of"),
+        (("world", "qa_fraction"), 1.0, "world.qa_fraction"),
+    ]
+    for (section, key), value, msg in bad:
+        raw = yaml.safe_load(yaml.safe_dump(tiny_raw, sort_keys=False))
+        raw[section][key] = value
+        with pytest.raises(ParamsError, match=msg):
+            parse_params(raw)
+    raw = yaml.safe_load(yaml.safe_dump(tiny_raw, sort_keys=False))
+    raw["data"]["sources"][0]["name"] = "../escape"
+    with pytest.raises(ParamsError, match="data.sources.0.name"):
+        parse_params(raw)
+    raw["data"]["sources"][0]["name"] = "rejected"
+    with pytest.raises(ParamsError, match="may not be named 'rejected'"):
+        parse_params(raw)
+    raw = yaml.safe_load(yaml.safe_dump(tiny_raw, sort_keys=False))
+    raw["data"]["filters"]["min_doc_words"] = 10**6
+    with pytest.raises(ParamsError, match="min_doc_words"):
+        parse_params(raw)

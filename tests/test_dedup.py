@@ -44,3 +44,8 @@ def test_threshold_controls_near_duplicate_detection():
     df = _df([("a", BASE, "2021-01-01"), ("b", near, "2022-01-01")])
     kept_strict, _, _ = dedup(df, DedupConfig(threshold=0.99))
     assert len(kept_strict) == 2
+
+
+def test_empty_input_is_fine():
+    kept, rejected, stats = dedup(_df([]).reindex(columns=["id", "text", "source", "url", "timestamp", "domain", "meta"]), DedupConfig())
+    assert kept.empty and rejected.empty and stats["exact_duplicates"] == 0

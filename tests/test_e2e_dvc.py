@@ -46,9 +46,14 @@ def test_metrics_ledger_and_report(repo):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
     metrics = json.dumps(shown)
     assert "eval.json" in metrics and "p_final_vs_pretrain" in metrics
-    for stage in ("ingest", "filter", "dedup"):
-        m = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+    ledgers = {s: json.loads((repo / "metrics" / f"{s}.json").read_text()) for s in ("ingest", "filter", "dedup")}
+    for m in ledgers.values():
         assert m["ingested"] == m["kept"] + m["rejected"]
+    # what one stage keeps is exactly what the next receives: nothing vanishes between stages
+    assert ledgers["filter"]["ingested"] == ledgers["ingest"]["kept"]
+    assert ledgers["dedup"]["ingested"] == ledgers["filter"]["kept"]
+    world = json.loads((repo / "metrics" / "world.json").read_text())
+    assert ledgers["ingest"]["ingested"] == world["documents"]
     ev = json.loads((repo / "metrics" / "eval.json").read_text())
     assert set(ev["models"]) == {"untrained", "pretrain", "continual/slice2022", "continual/cyber", "student"}
     assert ev["models"]["pretrain"]["general"]["ppl"] < ev["models"]["untrained"]["general"]["ppl"]
@@ -65,6 +70,12 @@ def test_second_repro_is_a_no_op(repo):
     assert ran(again) == set()
     assert "didn't change" in again.stdout
     assert "up to date" in _run(["dvc", "status"], repo).stdout
+
+
+def test_editing_code_reruns_only_the_stages_that_run_it(repo):
+    report_code = repo / "src" / "fluxforge" / "eval" / "report.py"
+    report_code.write_text(report_code.read_text() + "\n# edited\n")
+    assert ran(_run(["dvc", "repro"], repo)) == {"report"}
 
 
 def test_changing_the_student_reruns_only_what_depends_on_it(repo):

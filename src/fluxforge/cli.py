@@ -21,7 +21,9 @@ def _world(args: argparse.Namespace) -> int:
     from fluxforge.config import WorldConfig
     from fluxforge.world import generate_world
 
-    cfg = WorldConfig(seed=args.seed) if not args.params else _params(args.params).world.model_copy(update={"seed": args.seed})
+    cfg = _params(args.params).world if args.params else WorldConfig()
+    if args.seed is not None:
+        cfg = cfg.model_copy(update={"seed": args.seed})
     summary = generate_world(cfg, Path(args.out))
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("world", help="generate the default world corpus (documents, labels, eval sets)")
     w.add_argument("--out", required=True, help="output directory")
-    w.add_argument("--seed", type=int, default=1234, help="random seed (default 1234)")
+    w.add_argument("--seed", type=int, default=None, help="random seed (default: the params file's, else 1234)")
     w.add_argument("--params", help="take world sizes from this params file")
     w.set_defaults(fn=_world)
     c = sub.add_parser("check-params", help="validate a params file and exit (2 on errors)")

@@ -29,7 +29,8 @@ class ParamsError(FluxForgeError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: "400" or 400.0 for an int, or true for a number, is a mistake in a params file, not a value
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 # ----------------------------------------------------------------------------- world
@@ -67,7 +68,8 @@ class WorldConfig(_Strict):
     years: list[int] = Field(default_factory=lambda: [2021, 2022, 2023, 2024], min_length=1)
     general: GeneralWorld = GeneralWorld()
     cyber: CyberWorld = CyberWorld()
-    qa_fraction: Fraction = 0.5  # entities whose Q/A form is in training; the others are evaluated
+    # entities whose Q/A form is in training; the others are evaluated (both groups must exist)
+    qa_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
     defects: DefectRates = DefectRates()
 
     @model_validator(mode="after")
@@ -82,7 +84,7 @@ class WorldConfig(_Strict):
 
 # ----------------------------------------------------------------------------- data
 class Source(_Strict):
-    name: str
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]  # becomes data/raw/<name>.parquet
     format: Literal["world", "jsonl"] = "world"
     path: str
     text_field: str = "text"
@@ -107,6 +109,14 @@ class FilterConfig(_Strict):
     toxic_max_hits: NonNegInt = 0
     remove_boilerplate_lines: bool = True
 
+    @model_validator(mode="after")
+    def _bounds(self) -> FilterConfig:
+        if self.min_doc_words > self.max_doc_words:
+            raise ValueError(f"min_doc_words ({self.min_doc_words}) is above max_doc_words ({self.max_doc_words})")
+        if self.min_avg_word_length > self.max_avg_word_length:
+            raise ValueError("min_avg_word_length is above max_avg_word_length")
+        return self
+
 
 class DedupConfig(_Strict):
     ngram: PosInt = 5
@@ -126,6 +136,8 @@ class DataConfig(_Strict):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
+        if "rejected" in names:
+            raise ValueError("a source may not be named 'rejected' (data/raw/rejected.parquet holds rejected rows)")
         return self
 
 
@@ -263,9 +275,9 @@ class Params(_Strict):
                 raise ValueError(f"{where}.replay: ratio {cfg.replay.ratio} > 0 but no replay slices given")
             if cfg.seq_len + 1 > self.model.max_position_embeddings and where != "distill":
                 raise ValueError(f"{where}.seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings")
-        teacher = self.distill.teacher
-        if teacher != "final" and teacher != "pretrain" and teacher.removeprefix("continual/") not in self.continual.tasks:
-            raise ValueError(f"distill.teacher '{teacher}' is not 'final', 'pretrain' or a continual task")
+        teachers = ["final", "pretrain", *[f"continual/{t}" for t in self.continual.tasks]]
+        if self.distill.teacher not in teachers:
+            raise ValueError(f"distill.teacher '{self.distill.teacher}' is not one of {teachers}")
         return self
 
     def expand(self, patterns: list[str]) -> list[str]:

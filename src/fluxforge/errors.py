@@ -3,3 +3,7 @@
 
 class FluxForgeError(Exception):
     """Base for expected failures: bad params, broken contracts, unreadable inputs."""
+
+
+class DataError(FluxForgeError):
+    """Inputs that exist but cannot be used as asked (too few tokens, a missing slice, a malformed file)."""

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fluxforge.errors import DataError
+
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
@@ -66,5 +68,5 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+                    raise DataError(f"{path}:{i}: not valid JSON ({err.msg})") from None
     return rows

@@ -97,7 +97,7 @@ def dedup(df: pd.DataFrame, cfg: DedupConfig) -> tuple[pd.DataFrame, pd.DataFram
             kind[i] = "exact_duplicate"
         else:
             first_of[h] = i
-    uniq = np.array(sorted(first_of.values()))
+    uniq = np.array(sorted(first_of.values()), dtype=np.int64)
     sig = minhash_signatures(df["text"].iloc[uniq].tolist(), cfg) if len(uniq) else np.zeros((0, 1), np.uint64)
     pairs = 0
     for band in range(cfg.bands):
@@ -112,7 +112,7 @@ def dedup(df: pd.DataFrame, cfg: DedupConfig) -> tuple[pd.DataFrame, pd.DataFram
                     pairs += 1
             else:
                 buckets[key] = j
-    roots = np.array([uf.find(i) for i in range(n)])
+    roots = np.array([uf.find(i) for i in range(n)], dtype=np.int64)
     dup = roots != np.arange(n)
     kind[dup & (kind == "")] = "near_duplicate"
     rejected = df[dup].copy()

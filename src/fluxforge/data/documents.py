@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fluxforge.config import Source
+from fluxforge.config import DOMAINS, Source
 from fluxforge.errors import FluxForgeError
 
 RAW_SCHEMA = pa.schema([
@@ -45,14 +45,20 @@ def slice_of(df: pd.DataFrame) -> pd.Series:
 
 @dataclass
 class Ledger:
-    """Counts of documents in, kept and rejected (per source and reason) for one stage."""
+    """Counts of documents in, kept and rejected (per source and reason) for one stage.
+
+    ``add`` is told how many rows came in, counted before the stage touched them, so a row
+    that a stage drops without recording it makes ``check`` fail.
+    """
 
     stage: str
     ingested: Counter = field(default_factory=Counter)
     kept: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)  # key: (source, reason)
+    received: int = 0
 
-    def add(self, kept: pd.DataFrame, rejected: pd.DataFrame) -> None:
+    def add(self, kept: pd.DataFrame, rejected: pd.DataFrame, received: int) -> None:
+        self.received += received
         self.kept.update(kept["source"].value_counts().to_dict())
         for (src, reason), n in rejected.groupby(["source", "reason"]).size().items():
             self.rejected[(src, reason)] += int(n)
@@ -60,16 +66,16 @@ class Ledger:
         self.ingested.update(rejected["source"].value_counts().to_dict())
 
     def check(self) -> None:
-        rej = sum(self.rejected.values())
-        if sum(self.ingested.values()) != sum(self.kept.values()) + rej:
-            raise AssertionError(f"{self.stage}: ledger does not balance: {self.to_dict()}")
+        kept, rej = sum(self.kept.values()), sum(self.rejected.values())
+        if self.received != kept + rej:
+            raise AssertionError(f"{self.stage}: ledger does not balance: {self.received} rows in, {kept} kept + {rej} rejected")
 
     def to_dict(self) -> dict:
         by_reason: Counter = Counter()
         for (_, reason), n in self.rejected.items():
             by_reason[reason] += n
         return {
-            "ingested": sum(self.ingested.values()),
+            "ingested": self.received,
             "kept": sum(self.kept.values()),
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(by_reason.items())),
@@ -97,28 +103,29 @@ class IngestError(FluxForgeError, ValueError):
     """A source that cannot be read at all (missing path, no files)."""
 
 
-def _files(src: Source) -> list[Path]:
+def source_files(src: Source) -> list[Path]:
     if src.format == "world":
         root = Path(src.path) / "sources"
         files = sorted(root.glob("*.jsonl"))
         where = root
     else:
-        files = sorted(Path(p) for p in glob.glob(src.path, recursive=True))
+        files = sorted(Path(p) for p in glob.glob(src.path, recursive=True) if Path(p).is_file())
         where = src.path
     if not files:
         raise IngestError(f"source '{src.name}': no input files at {where}")
     return files
 
 
-def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read a source into (documents, rejected rows). Bad lines are rejected, never skipped."""
-    rows, bad = [], []
-    for file in _files(src):
+def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Read a source into (documents, rejected rows, records read). Bad lines are rejected, never skipped."""
+    rows, bad, n_read = [], [], 0
+    for file in source_files(src):
         sub = f"{src.name}/{file.stem}" if src.format == "world" else src.name
         with open(file, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
+                n_read += 1
                 where = f"{file}:{lineno}"
                 try:
                     rec = json.loads(raw.decode("utf-8"))
@@ -135,8 +142,16 @@ def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame]:
                 if not isinstance(text, str) or not text.strip():
                     bad.append(_bad(sub, where, raw, f"missing_text_field:{src.text_field}"))
                     continue
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates survive json.loads but not UTF-8
+                    bad.append(_bad(sub, where, raw, "invalid_unicode"))
+                    continue
                 url = str(rec.get(src.url_field) or "")
                 domain = src.domain if src.domain != "auto" else str(rec.get("domain") or "general")
+                if domain not in DOMAINS:
+                    bad.append(_bad(sub, where, raw, f"unknown_domain:{domain[:40]}"))
+                    continue
                 meta = {"origin": where, "licence": src.licence}
                 if "doc_id" in rec:
                     meta["native_id"] = rec["doc_id"]
@@ -147,13 +162,13 @@ def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = pd.DataFrame(rows, columns=RAW_SCHEMA.names)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="ISO8601")
     no_ts = df["timestamp"].isna()
-    dup = df["id"].duplicated(keep="first")
+    dup = df["id"].where(~no_ts).duplicated(keep="first") & ~no_ts  # a bad-timestamp row never shadows a good copy
     rejected = pd.concat([
         reject(df[no_ts], "missing_or_bad_timestamp", "ingest"),
         reject(df[dup & ~no_ts], "duplicate_record", "ingest"),
         pd.DataFrame(bad, columns=[*RAW_SCHEMA.names, "reason", "stage"]),
     ], ignore_index=True)
-    return df[~no_ts & ~dup].reset_index(drop=True), rejected
+    return df[~no_ts & ~dup].reset_index(drop=True), rejected, n_read
 
 
 def _bad(source: str, where: str, raw: bytes, reason: str) -> dict:

@@ -15,6 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from fluxforge.errors import DataError
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -42,7 +44,7 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerFast:
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"{file}: tokenizer not found")
+        raise DataError(f"{file}: tokenizer not found (run the tokenize stage first)")
     return wrap(Tokenizer.from_file(str(file)))
 
 
@@ -71,7 +73,8 @@ def load_streams(token_dir: Path | str, slices: Sequence[str]) -> dict[str, np.n
     out = {}
     for s in slices:
         if s not in index["slices"]:
-            raise KeyError(f"slice '{s}' has no tokens in {token_dir} (available: {sorted(index['slices'])})")
+            raise DataError(f"slice '{s}' has no documents left after curation, so no tokens in {token_dir} "
+                            f"(slices with tokens: {sorted(index['slices'])}); drop it from the params or add data")
         meta = index["slices"][s]
         out[s] = np.memmap(token_dir / meta["file"], dtype=meta["dtype"], mode="r", shape=(meta["tokens"],))
     return out

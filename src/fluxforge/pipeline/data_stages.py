@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from fluxforge import paths as P
 from fluxforge.config import Params
 from fluxforge.data import contracts
 from fluxforge.data.dedup import dedup
-from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, write_docs
+from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, source_files, write_docs
 from fluxforge.data.filters import apply_filters
 from fluxforge.data.quality import score_against_labels
 from fluxforge.io import atomic_dir, write_json
@@ -36,8 +37,8 @@ def ingest(params: Params) -> None:
     rejected_all = []
     P.RAW.mkdir(parents=True, exist_ok=True)
     for src in params.data.sources:
-        kept, rejected = read_source(src)
-        ledger.add(kept, rejected)
+        kept, rejected, n_read = read_source(src)
+        ledger.add(kept, rejected, n_read)
         write_docs(kept, P.RAW / f"{src.name}.parquet")
         rejected_all.append(rejected)
         log.info("ingest %s: %d documents, %d rejected", src.name, len(kept), len(rejected))
@@ -46,7 +47,7 @@ def ingest(params: Params) -> None:
     ledger.check()
     write_json(P.METRICS / "ingest.json", ledger.to_dict())
     with stage_run("ingest", params, params.data.model_dump(include={"sources"}),
-                   inputs={s.name: s.path for s in params.data.sources}) as run:
+                   inputs={s.name: source_files(s) for s in params.data.sources}) as run:
         run.metrics(_headline(ledger.to_dict()))
 
 
@@ -64,10 +65,11 @@ def validate(params: Params) -> None:
     log.info("contract 'raw' passed on %d rows", len(df))
 
 
-def _split_stage(stage: str, kept: pd.DataFrame, rejected: pd.DataFrame, out_dir, kept_name: str, stats: dict) -> dict:
+def _split_stage(stage: str, received: int, kept: pd.DataFrame, rejected: pd.DataFrame, out_dir: Path, kept_name: str,
+                 stats: dict) -> dict:
     """Write kept + rejected tables atomically and return the balanced ledger merged with ``stats``."""
     ledger = Ledger(stage)
-    ledger.add(kept, rejected)
+    ledger.add(kept, rejected, received)
     ledger.check()
     with atomic_dir(out_dir) as tmp:
         write_docs(kept, tmp / kept_name)
@@ -84,7 +86,7 @@ def _headline(metrics: dict) -> dict:
 def filter_docs(params: Params) -> None:
     df = read_docs(_raw_tables(params))
     kept, rejected, stats = apply_filters(df, params.data.filters)
-    metrics = _split_stage("filter", kept, rejected, P.FILTERED, "kept.parquet", stats)
+    metrics = _split_stage("filter", len(df), kept, rejected, P.FILTERED, "kept.parquet", stats)
     with stage_run("filter", params, params.data.filters.model_dump(), inputs={"raw": P.RAW}) as run:
         run.metrics(_headline(metrics))
     log.info("filter: kept %d of %d (%s)", len(kept), len(df), metrics["rejected_by_reason"])
@@ -93,7 +95,7 @@ def filter_docs(params: Params) -> None:
 def dedup_docs(params: Params) -> None:
     df = read_docs(P.FILTERED / "kept.parquet")
     kept, rejected, stats = dedup(df, params.data.dedup)
-    metrics = _split_stage("dedup", kept, rejected, P.CURATED, "curated.parquet", stats)
+    metrics = _split_stage("dedup", len(df), kept, rejected, P.CURATED, "curated.parquet", stats)
     quality = _quality(params, kept)
     write_json(P.METRICS / "data_quality.json", quality)
     write_json(P.METRICS / "funnel.json", _funnel())

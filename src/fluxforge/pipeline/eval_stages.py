@@ -11,6 +11,7 @@ import pandas as pd
 from fluxforge import paths as P
 from fluxforge.config import Params
 from fluxforge.data.tokenize import load_tokenizer
+from fluxforge.errors import DataError
 from fluxforge.eval.evaluate import accuracy_table, evaluate_model
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
 from fluxforge.io import atomic_file, read_jsonl, write_json
@@ -29,6 +30,10 @@ def model_names(params: Params) -> list[str]:
 def evaluate(params: Params) -> None:
     heldout = read_jsonl(P.WORLD / "eval" / "heldout.jsonl")
     questions = read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
+    for domain in ("general", "cyber"):
+        if not any(q["domain"] == domain for q in questions) or not any(h["domain"] == domain for h in heldout):
+            raise DataError(f"the world has no {domain} questions or held-out documents to evaluate on; "
+                            f"raise the world sizes in params (world.{domain}) or keep world.qa_fraction away from 0 and 1")
     results, per_question = {}, []
     for name in model_names(params):
         if name == "untrained":

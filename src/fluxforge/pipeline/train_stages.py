@@ -13,6 +13,7 @@ import torch
 from fluxforge import paths as P
 from fluxforge.config import ModelConfig, Params, TrainConfig
 from fluxforge.data.tokenize import load_streams, load_tokenizer
+from fluxforge.errors import DataError
 from fluxforge.io import atomic_file, write_json
 from fluxforge.track.runs import stage_run
 from fluxforge.train.loop import Objective, causal_lm_loss, distillation_loss, train
@@ -84,7 +85,7 @@ def pretrain(params: Params) -> None:
 
 def continual(params: Params, task: str) -> None:
     if task not in params.continual.tasks:
-        raise KeyError(f"continual task '{task}' is not in params.yaml continual.tasks ({list(params.continual.tasks)})")
+        raise DataError(f"continual task '{task}' is not in params continual.tasks ({list(params.continual.tasks)})")
     cfg = params.continual.tasks[task]
     model, _ = load_model(P.model_dir(cfg.init))
     _run(params, f"continual@{task}", f"continual/{task}", cfg, model, parent=cfg.init, extra_info={"kind": cfg.kind})

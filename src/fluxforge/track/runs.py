@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -69,7 +70,7 @@ class StageRun:
 
 @contextmanager
 def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = None,
-              inputs: Mapping[str, Path | str] | None = None) -> Iterator[StageRun]:
+              inputs: Mapping[str, Path | str | list[Path]] | None = None) -> Iterator[StageRun]:
     """Open an MLflow run for a DVC stage with its lineage already logged."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -84,13 +85,15 @@ def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = No
             keys = list(flat)
             for i in range(0, len(keys), 100):
                 mlflow.log_params({k: flat[k] for k in keys[i : i + 100]})
-        for name, path in (inputs or {}).items():
-            if Path(path).exists():
-                digest = digest_path(path)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # "source type inferred" notices
-                    source = resolve_dataset_source(str(Path(path).resolve()))
-                ds = MetaDataset(source=source, name=name, digest=digest[:32])
-                mlflow.log_input(ds, context="input")
-                mlflow.set_tag(f"input.{name}.sha256", digest)
+        for name, spec in (inputs or {}).items():
+            paths = [Path(p) for p in (spec if isinstance(spec, list | tuple) else [spec]) if Path(p).exists()]
+            if not paths:
+                continue
+            digest = digest_path(paths[0]) if len(paths) == 1 else hashlib.sha256(
+                "".join(digest_path(p) for p in paths).encode()).hexdigest()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "source type inferred" notices
+                source = resolve_dataset_source(str(paths[0].resolve() if len(paths) == 1 else paths[0].resolve().parent))
+            mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:32]), context="input")
+            mlflow.set_tag(f"input.{name}.sha256", digest)
         yield StageRun(run)

@@ -51,6 +51,21 @@ def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float
     return loss
 
 
+def run_fingerprint(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig, desc: str) -> str:
+    """Identity of a training run: config, data mixture and starting weights.
+
+    A checkpoint is resumed only by a run with the same fingerprint, so a crash followed by
+    a change upstream (new tokens, another parent model, another config) starts afresh
+    instead of continuing stale weights.
+    """
+    h = hashlib.sha256(f"{desc}|{cfg.model_dump_json()}|{sampler.signature()}".encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        if tensor.numel():
+            h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def set_threads() -> None:
     """Use every core we were given (CI has 2); torch defaults can oversubscribe."""
     n = int(os.environ.get("FLUXFORGE_THREADS", "0")) or os.cpu_count() or 1
@@ -83,8 +98,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
     start, history = 0, []
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
-    # a checkpoint is only resumed by the same run: same stage, same training config
-    fingerprint = hashlib.sha256(f"{desc}|{cfg.model_dump_json()}".encode()).hexdigest()
+    fingerprint = run_fingerprint(model, sampler, cfg, desc)
     state = torch.load(ckpt, weights_only=True) if ckpt and ckpt.exists() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning("ignoring checkpoint %s: it was written by a run with another configuration", ckpt)
