@@ -57,18 +57,20 @@ def _summary(args: argparse.Namespace) -> int:
     root = Path.cwd()
     ev = root / "metrics" / "eval.json"
     reg = root / "metrics" / "register.json"
+    if not ev.exists():
+        print(f"No results in {root} yet: run `make run` (or `dvc repro`) from the repository root.")
+        return 1
     print("\nFluxForge run summary")
     print(f"  report       : {root / 'reports' / 'report.html'}")
     print(f"  metrics      : dvc metrics show   (files in {root / 'metrics'})")
     print(f"  MLflow UI    : .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}  -> http://127.0.0.1:5000")
-    if ev.exists():
-        e = json.loads(ev.read_text())
-        for name, m in e["models"].items():
-            print(f"  {name:28s} general ppl {m['general']['ppl']:9.1f} acc {m['general']['acc']:.3f} | "
-                  f"cyber ppl {m['cyber']['ppl']:9.1f} acc {m['cyber']['acc']:.3f}")
-        t = e["tests"]["cyber"]
-        print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
-              f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
+    e = json.loads(ev.read_text())
+    for name, m in e["models"].items():
+        print(f"  {name:28s} general ppl {m['general']['ppl']:9.1f} acc {m['general']['acc']:.3f} | "
+              f"cyber ppl {m['cyber']['ppl']:9.1f} acc {m['cyber']['acc']:.3f}")
+    t = e["tests"]["cyber"]
+    print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
+          f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
     if reg.exists():
         r = json.loads(reg.read_text())
         state = "promoted to champion" if r["promoted"] else "NOT promoted (champion unchanged)"
