@@ -12,7 +12,7 @@ def _ev(final_cyber=0.9, final_ppl=110.0, p=1e-6):
     def m(gacc, cacc, gppl):
         return {"general": {"acc": gacc, "ppl": gppl}, "cyber": {"acc": cacc, "ppl": 300.0}, "slices": {}}
 
-    return {"final": "continual/cyber",
+    return {"final": "continual/cyber", "eval_set_digest": "abc",
             "models": {"pretrain": m(0.6, 0.25, 100.0), "continual/cyber": m(0.7, final_cyber, final_ppl), "student": m(0.3, 0.3, 150.0)},
             "tests": {"cyber": {"p_final_vs_pretrain": p}}}
 
@@ -26,9 +26,11 @@ def test_gate_rules_each_can_fail():
     assert not ok and any(r.startswith("FAIL general held-out perplexity") for r in reasons)
     ok, reasons = gate(_ev(p=0.2), GateConfig(), None)
     assert not ok and any("p = 2.00e-01" in r for r in reasons)
-    champ = {"version": "3", "general_acc": 0.9, "cyber_acc": 0.95}
+    champ = {"version": "3", "general_acc": 0.9, "cyber_acc": 0.95, "eval_set": "abc"}
     ok, reasons = gate(_ev(), GateConfig(), champ)
     assert not ok and any("champion v3" in r for r in reasons)
+    ok, reasons = gate(_ev(), GateConfig(), {**champ, "eval_set": "other"})
+    assert ok and any("another evaluation set; not compared" in r for r in reasons)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fluxforge.eval.evaluate import accuracy_table, evaluate_model
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
 from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.pipeline.train_stages import new_model
+from fluxforge.track.lineage import digest_path
 from fluxforge.track.runs import stage_run
 from fluxforge.train.model import load_model
 
@@ -47,7 +48,8 @@ def evaluate(params: Params) -> None:
                  r["general"]["ppl"], r["general"]["acc"], r["cyber"]["ppl"], r["cyber"]["acc"])
     per_q = pd.concat(per_question, ignore_index=True)
     tests = significance(per_q, final=params.continual.final)
-    summary = {"models": results, "tests": tests, "final": params.continual.final, "questions": len(questions)}
+    summary = {"models": results, "tests": tests, "final": params.continual.final, "questions": len(questions),
+               "eval_set_digest": digest_path(P.WORLD / "eval")}
     write_json(P.METRICS / "eval.json", summary)
     P.REPORTS.mkdir(parents=True, exist_ok=True)
     with atomic_file(P.REPORTS / "eval_questions.parquet", "wb") as fh:

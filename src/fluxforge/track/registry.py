@@ -48,7 +48,10 @@ def gate(ev: dict, cfg: GateConfig, champion: dict | None) -> tuple[bool, list[s
         ratio = final["general_ppl"] / ev["models"]["student"]["general"]["ppl"]
         reasons.append((ratio >= cfg.min_student_ppl_ratio,
                         f"student keeps {ratio:.2f} of the teacher's perplexity quality (need >= {cfg.min_student_ppl_ratio})"))
-    if cfg.must_beat_champion and champion:
+    if cfg.must_beat_champion and champion and champion.get("eval_set") != ev.get("eval_set_digest"):
+        # numbers from another question set say nothing about which model is better
+        reasons.append((True, f"champion v{champion['version']} was scored on another evaluation set; not compared"))
+    elif cfg.must_beat_champion and champion:
         mine = (final["general_acc"] + final["cyber_acc"]) / 2
         theirs = (champion["general_acc"] + champion["cyber_acc"]) / 2
         reasons.append((mine >= theirs, f"mean accuracy {mine:.3f} vs champion v{champion['version']} {theirs:.3f} (need >=)"))
@@ -66,9 +69,10 @@ def _champion(client, name: str) -> dict | None:  # noqa: ANN001
         return None
     tags = mv.tags or {}
     try:
-        return {"version": str(mv.version), **{k: float(tags[f"eval.{k}"]) for k in ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")}}
+        nums = {k: float(tags[f"eval.{k}"]) for k in ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")}
     except (KeyError, ValueError):
-        return {"version": str(mv.version), "general_acc": 0.0, "cyber_acc": 0.0, "general_ppl": float("inf"), "cyber_ppl": float("inf")}
+        nums = {"general_acc": 0.0, "cyber_acc": 0.0, "general_ppl": float("inf"), "cyber_ppl": float("inf")}
+    return {"version": str(mv.version), "eval_set": tags.get("eval.set_digest", ""), **nums}
 
 
 def _train_run_id(model_name: str) -> str:
@@ -111,6 +115,7 @@ def register_and_gate(params: Params, ev: dict) -> dict:
         version = str(info.registered_model_version)
         nums = headline(ev, final)
         tags = {**lineage_tags(params, final), **{f"eval.{k}": f"{v:.6g}" for k, v in nums.items()},
+                "eval.set_digest": ev.get("eval_set_digest", ""),
                 "params": json.dumps(params.model_dump(by_alias=True), default=str)[:5000]}
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
