@@ -40,7 +40,8 @@ def dvc_stage_hash(stage: str, root: Path | str = ".") -> str:
             st.save_deps()
             return _get_stage_hash(st) or ""
     except Exception as err:  # noqa: BLE001 - lineage must never break a stage
-        log.info("no DVC stage hash for %s: %s", stage, err)
+        log.info("no DVC stage hash for %s (%s%s); DVC keeps none for stages with persistent outputs",
+                 stage, type(err).__name__, f": {err}" if str(err) else "")
         return ""
 
 
