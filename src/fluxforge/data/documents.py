@@ -87,10 +87,6 @@ class Ledger:
         }
 
 
-def empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame({n: pd.Series(dtype="object") for n in [*RAW_SCHEMA.names, "reason", "stage"]})
-
-
 def reject(df: pd.DataFrame, reason: str | pd.Series, stage: str) -> pd.DataFrame:
     out = df.copy()
     out["reason"] = reason

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 
@@ -82,13 +81,6 @@ def significance(per_q: pd.DataFrame, final: str) -> dict:
             "p_final_vs_pretrain": mc["p_value"], "gained": mc["gained"], "lost": mc["lost"],
         }
     return out
-
-
-def write_csv(rows: list[dict], path) -> None:  # noqa: ANN001
-    with atomic_file(path) as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def register(params: Params) -> None:
