@@ -1,5 +1,6 @@
 """Where each stage reads and writes, relative to the repository root (mirrors dvc.yaml)."""
 
+import json
 from pathlib import Path
 
 DATA = Path("data")
@@ -23,3 +24,9 @@ def model_dir(name: str) -> Path:
 def train_metrics_file(name: str) -> Path:
     """metrics/train/<name with / as _>.json: what a training stage reports for model ``name``."""
     return METRICS / "train" / f"{name.replace('/', '_')}.json"
+
+
+def train_metrics(name: str) -> dict:
+    """What the training stage of model ``name`` reported ({} before it has run)."""
+    path = train_metrics_file(name)
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -31,12 +31,6 @@ def _sampler(params: Params, cfg: TrainConfig) -> tuple[MixtureSampler, dict[str
     return MixtureSampler(streams, weights, cfg.seq_len, cfg.batch_size, cfg.seed), weights
 
 
-def train_metrics(name: str) -> dict:
-    """The metrics file a training stage wrote for model ``name`` ({} if none)."""
-    path = P.train_metrics_file(name)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _write_curve(history: list[dict], path: Path) -> None:
     with atomic_file(path) as fh:
         w = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "tokens", "tokens_per_s"], extrasaction="ignore")
@@ -69,7 +63,7 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
         run.metrics(metrics)
         run.history(history)
         if parent:
-            run.tags({"fluxforge.parent": parent, "fluxforge.parent_run_id": train_metrics(parent).get("mlflow_run_id", "")})
+            run.tags({"fluxforge.parent": parent, "fluxforge.parent_run_id": P.train_metrics(parent).get("mlflow_run_id", "")})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info("%s: %d steps, final loss %.3f, %.0f tokens/s", name, cfg.steps, metrics["final_loss"], metrics["tokens_per_s"])
 

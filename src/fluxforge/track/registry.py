@@ -75,18 +75,13 @@ def _champion(client, name: str) -> dict | None:  # noqa: ANN001
     return {"version": str(mv.version), "eval_set": tags.get("eval.set_digest", ""), **nums}
 
 
-def _train_run_id(model_name: str) -> str:
-    path = P.train_metrics_file(model_name)
-    return json.loads(path.read_text()).get("mlflow_run_id", "") if path.exists() else ""
-
-
 def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
     info = load_info(P.model_dir(model_name))
     tags = {
         **git_commit(),
         "fluxforge.model_path": str(P.model_dir(model_name)),
         "fluxforge.parent": info.get("parent", ""),
-        "fluxforge.train_run_id": _train_run_id(model_name),
+        "fluxforge.train_run_id": P.train_metrics(model_name).get("mlflow_run_id", ""),
         "fluxforge.cumulative_tokens": str(info.get("cumulative_tokens", "")),
         "fluxforge.parameters": str(info.get("parameters", "")),
         "data.curated.sha256": digest_path(P.CURATED / "curated.parquet") if (P.CURATED / "curated.parquet").exists() else "",
