@@ -14,6 +14,9 @@ Typical use:
   fluxforge check-params        validate params.yaml without running anything
   fluxforge world --out DIR     generate the default world corpus elsewhere
   fluxforge summary             where the report, metrics and MLflow store are, with headline numbers
+  fluxforge lineage fluxforge-lm@champion     the champion traced back to the raw data
+  fluxforge promote fluxforge-lm 4            make version 4 the champion (gate must have passed)
+  fluxforge rollback fluxforge-lm             give champion back to the previous one
 """
 
 
@@ -84,6 +87,66 @@ def _report(args: argparse.Namespace) -> int:
     return run_stage("report", params_path=args.params)
 
 
+def _use_registry(args: argparse.Namespace) -> None:
+    """Point MLflow at --tracking-uri, else $MLFLOW_TRACKING_URI, else the params file's store."""
+    import os
+
+    import mlflow
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = _params(args.params).tracking.tracking_uri if Path(args.params).exists() else "sqlite:///mlflow.db"
+    mlflow.set_tracking_uri(uri)
+
+
+def _registry_cmd(fn):  # noqa: ANN001, ANN202
+    """Run a registry command; a refused or impossible request is one clear line and exit 1."""
+    def run(args: argparse.Namespace) -> int:
+        from fluxforge.errors import FluxForgeError
+
+        _use_registry(args)
+        try:
+            return fn(args)
+        except FluxForgeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return run
+
+
+@_registry_cmd
+def _promote(args: argparse.Namespace) -> int:
+    from fluxforge.track.promotion import promote
+
+    e = promote(args.name, args.version, reason=args.reason, force=args.force)
+    if e["action"] == "none":
+        print(f"{args.name} v{args.version} is already the champion; nothing changed")
+    else:
+        print(f"{args.name}: champion v{e['previous'] or '-'} -> v{e['version']} ({e['reason']})")
+    return 0
+
+
+@_registry_cmd
+def _rollback(args: argparse.Namespace) -> int:
+    from fluxforge.track.promotion import rollback
+
+    e = rollback(args.name, to=args.to, reason=args.reason)
+    print(f"{args.name}: champion v{e['previous']} -> v{e['version']} (rolled back: {e['reason']})")
+    return 0
+
+
+@_registry_cmd
+def _lineage(args: argparse.Namespace) -> int:
+    from fluxforge.track.lineage_view import lineage_lines
+
+    print("\n".join(lineage_lines(args.ref)))
+    return 0
+
+
+def _registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the params file's)")
+    p.add_argument("--params", default="params.yaml", help="params file whose tracking.tracking_uri is the default store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fluxforge", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -105,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     m = sub.add_parser("summary", help="print where results are and the headline numbers")
     m.set_defaults(fn=_summary)
+    pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
+    pr.add_argument("name", help="registered model name, e.g. fluxforge-lm")
+    pr.add_argument("version", help="version number to promote")
+    pr.add_argument("--reason", default="manual", help="recorded in the champion history")
+    pr.add_argument("--force", action="store_true", help="promote even though the version's gate failed")
+    _registry_args(pr)
+    pr.set_defaults(fn=_promote)
+    rb = sub.add_parser("rollback", help="give champion back to the version that held it before")
+    rb.add_argument("name", help="registered model name")
+    rb.add_argument("--to", help="a version to roll back to (default: the previous champion in the history)")
+    rb.add_argument("--reason", default="rollback", help="recorded in the champion history")
+    _registry_args(rb)
+    rb.set_defaults(fn=_rollback)
+    li = sub.add_parser("lineage", help="trace NAME@ALIAS (or NAME/VERSION) back to the raw data")
+    li.add_argument("ref", help="e.g. fluxforge-lm@champion, fluxforge-lm/3, models:/fluxforge-lm@challenger")
+    _registry_args(li)
+    li.set_defaults(fn=_lineage)
     return ap
 
 

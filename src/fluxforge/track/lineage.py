@@ -70,3 +70,36 @@ def lock_hashes(lock_path: Path | str = "dvc.lock") -> dict[str, str]:
         if md5s:
             out[name] = hashlib.md5("".join(md5s).encode()).hexdigest()
     return out
+
+
+def stage_chain(output: Path | str, root: Path | str = ".", lock_path: Path | str = "dvc.lock") -> list[dict]:
+    """The stages that ``output`` descends from, from its own stage back to the raw data.
+
+    Read through DVC's graph (edges point from a stage to the stages it depends on), with
+    each stage's output hashes as ``dvc.lock`` recorded them, so the chain names the exact
+    data and model versions. Empty when DVC cannot read the repository.
+    """
+    try:
+        import networkx as nx
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            graph = repo.index.graph
+            target = Path(output).resolve()
+            owner = next((s for s in graph.nodes for o in s.outs
+                          if target == Path(o.fs_path).resolve() or Path(o.fs_path).resolve() in target.parents), None)
+            if owner is None:
+                return []
+            stages = [owner, *nx.descendants(graph, owner)]
+            order = {s: i for i, s in enumerate(nx.topological_sort(graph))}
+            stages.sort(key=order.__getitem__)
+    except Exception as err:  # noqa: BLE001 - lineage must never break registration
+        log.info("no DVC chain for %s (%s: %s)", output, type(err).__name__, err)
+        return []
+    lock = (yaml.safe_load(Path(lock_path).read_text()) or {}).get("stages", {}) if Path(lock_path).exists() else {}
+    chain = []
+    for st in stages:
+        outs = {o.get("path"): o.get("md5", "") for o in (lock.get(st.name) or {}).get("outs", [])
+                if not str(o.get("path", "")).startswith(("metrics/", "plots/"))}  # keep the tag short
+        chain.append({"stage": st.name, "outs": outs})
+    return chain

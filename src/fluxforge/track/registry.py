@@ -18,7 +18,8 @@ from pathlib import Path
 
 from fluxforge import paths as P
 from fluxforge.config import GateConfig, Params
-from fluxforge.track.lineage import digest_path, git_commit, lock_hashes
+from fluxforge.track.lineage import digest_path, git_commit, lock_hashes, stage_chain
+from fluxforge.track.promotion import promote
 from fluxforge.track.runs import stage_run
 from fluxforge.train.model import load_info
 
@@ -75,8 +76,20 @@ def _champion(client, name: str) -> dict | None:  # noqa: ANN001
     return {"version": str(mv.version), "eval_set": tags.get("eval.set_digest", ""), **nums}
 
 
+def _compute(model_name: str) -> dict[str, float]:
+    """Training seconds and approximate FLOPs (6 x parameters x tokens) summed along the parent chain."""
+    seconds, flops, name = 0.0, 0.0, model_name
+    while name:
+        info, metrics = load_info(P.model_dir(name)), P.train_metrics(name)
+        seconds += float(metrics.get("train_seconds", 0.0))
+        flops += 6.0 * info.get("parameters", 0) * info.get("tokens", 0)
+        name = info.get("parent", "") if info.get("stage") != "distill" else ""  # a teacher's compute is not the student's
+    return {"seconds": seconds, "flops": flops}
+
+
 def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
     info = load_info(P.model_dir(model_name))
+    compute = _compute(model_name)
     tags = {
         **git_commit(),
         "fluxforge.model_path": str(P.model_dir(model_name)),
@@ -84,6 +97,10 @@ def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
         "fluxforge.train_run_id": P.train_metrics(model_name).get("mlflow_run_id", ""),
         "fluxforge.cumulative_tokens": str(info.get("cumulative_tokens", "")),
         "fluxforge.parameters": str(info.get("parameters", "")),
+        "fluxforge.teacher": info.get("teacher", ""),
+        "fluxforge.train_seconds": f"{compute['seconds']:.1f}",
+        "fluxforge.train_flops": f"{compute['flops']:.3e}",
+        "fluxforge.lineage": json.dumps(stage_chain(P.model_dir(model_name)), separators=(",", ":"))[:5000],
         "data.curated.sha256": digest_path(P.CURATED / "curated.parquet") if (P.CURATED / "curated.parquet").exists() else "",
         "data.tokens.sha256": digest_path(P.TOKENS) if P.TOKENS.exists() else "",
     }
@@ -116,10 +133,10 @@ def register_and_gate(params: Params, ev: dict) -> dict:
             client.set_model_version_tag(name, version, k, v)
         client.set_registered_model_alias(name, "challenger", version)
         passed, reasons = gate(ev, params.registry.gate, champion)
-        if passed:
-            client.set_registered_model_alias(name, "champion", version)
         client.set_model_version_tag(name, version, "gate", "passed" if passed else "failed")
         client.set_model_version_tag(name, version, "gate.reasons", "\n".join(reasons)[:5000])
+        if passed:
+            promote(name, version, reason="gate passed")
         run.metrics({"promoted": int(passed), **nums})
         mlflow.set_tags({"registered_model": name, "registered_version": version})
     return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "promoted": passed,
