@@ -219,9 +219,21 @@ class ContinualConfig(_Strict):
 
 class DistillConfig(TrainConfig):
     student: ModelConfig = ModelConfig(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=256)
-    teacher: str = "final"  # "final" = the last continual task, or "pretrain" / "continual/<task>"
+    # Each teacher: "final" (the last continual task), "pretrain", "continual/<task>", or a registered
+    # version "models:/NAME@ALIAS" / "models:/NAME/VERSION". Several teachers form a committee.
+    teacher: str | list[str] = "final"
+    ensemble: Literal["mean_probs", "mean_logits"] = "mean_probs"  # how a committee's outputs are combined
+    # Build the student by keeping these layers of the (first) teacher instead of from `student`; [] = off
+    student_layers: list[Annotated[int, Field(ge=0)]] = []
     temperature: PosFloat = 2.0
     alpha: Fraction = 0.5  # weight of the KD term; (1 - alpha) on the hard-label loss
+    # Teacher outputs: computed on the fly, or cached on disk (reused while teacher and data are unchanged,
+    # e.g. across student sweeps). top_k > 0 keeps each position's k most likely tokens (sparse KD).
+    teacher_cache: bool = False
+    top_k: Annotated[int, Field(ge=0)] = 0
+
+    def teachers(self) -> list[str]:
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
 
 class EvalConfig(_Strict):
@@ -276,8 +288,11 @@ class Params(_Strict):
             if cfg.seq_len + 1 > self.model.max_position_embeddings and where != "distill":
                 raise ValueError(f"{where}.seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings")
         teachers = ["final", "pretrain", *[f"continual/{t}" for t in self.continual.tasks]]
-        if self.distill.teacher not in teachers:
-            raise ValueError(f"distill.teacher '{self.distill.teacher}' is not one of {teachers}")
+        if not self.distill.teachers():
+            raise ValueError("distill.teacher: give at least one teacher")
+        for t in self.distill.teachers():
+            if t not in teachers and not t.startswith("models:/"):
+                raise ValueError(f"distill.teacher '{t}' is not one of {teachers} or a registry URI models:/NAME@ALIAS")
         return self
 
     def expand(self, patterns: list[str]) -> list[str]:
@@ -285,8 +300,9 @@ class Params(_Strict):
         known = self.world.slices()
         return [s for s in known if any(fnmatch.fnmatch(s, p) for p in patterns)]
 
-    def teacher_path(self) -> str:
-        return self.continual.final if self.distill.teacher == "final" else self.distill.teacher
+    def teacher_names(self) -> list[str]:
+        """The distillation teachers with "final" resolved to the last continual task's model."""
+        return [self.continual.final if t == "final" else t for t in self.distill.teachers()]
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:

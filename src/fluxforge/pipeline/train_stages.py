@@ -16,7 +16,7 @@ from fluxforge.data.tokenize import load_streams, load_tokenizer
 from fluxforge.errors import DataError
 from fluxforge.io import atomic_file, write_json
 from fluxforge.track.runs import stage_run
-from fluxforge.train.loop import Objective, causal_lm_loss, distillation_loss, train
+from fluxforge.train.loop import Objective, causal_lm_loss, train
 from fluxforge.train.model import build_model, count_params, load_info, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 
@@ -85,14 +85,36 @@ def continual(params: Params, task: str) -> None:
     _run(params, f"continual@{task}", f"continual/{task}", cfg, model, parent=cfg.init, extra_info={"kind": cfg.kind})
 
 
+def teacher_dir(spec: str) -> Path:
+    """A teacher's HF directory: a registry URI (downloaded once), else a model of this DAG."""
+    if spec.startswith("models:/"):
+        from fluxforge.track.resolve import local_model_path
+
+        return local_model_path(spec)
+    return P.model_dir(spec)
+
+
 def distill(params: Params) -> None:
+    from fluxforge.train.distill import TargetCache, distillation_objective, keep_layers
+
     cfg = params.distill
-    teacher_name = params.teacher_path()
-    teacher, _ = load_model(P.model_dir(teacher_name))
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = new_model(params, cfg.student)
-    objective = distillation_loss(teacher, cfg.temperature, cfg.alpha)
-    _run(params, "distill", "student", cfg, student, parent=teacher_name, objective=objective,
-         extra_info={"teacher": teacher_name, "teacher_parameters": count_params(teacher)})
+    names = params.teacher_names()
+    versions = {}
+    if any(n.startswith("models:/") for n in names):
+        from fluxforge.track.resolve import version_of
+
+        versions = {n: "/".join(version_of(n)) for n in names if n.startswith("models:/")}  # pin what the alias meant now
+        log.warning("distill: registry teachers are not DVC dependencies; `dvc repro` reruns distill only "
+                    "when something else changes (use `dvc repro -f distill` after a new champion)")
+    dirs = [teacher_dir(n) for n in names]
+    teachers = [load_model(d)[0] for d in dirs]
+    student = keep_layers(teachers[0], cfg.student_layers) if cfg.student_layers else new_model(params, cfg.student)
+    cache = TargetCache(P.CHECKPOINTS / "teacher_targets", dirs, cfg.temperature, cfg.ensemble, cfg.top_k) if cfg.teacher_cache else None
+    objective = distillation_objective(teachers, cfg.temperature, cfg.alpha, cfg.ensemble, cfg.top_k, cache)
+    local = [n for n in names if not n.startswith("models:/")]
+    _run(params, "distill", "student", cfg, student, parent=local[0] if local else "", objective=objective,
+         extra_info={"teacher": ",".join(names), "teachers": names, "teacher_versions": versions, "ensemble": cfg.ensemble if len(names) > 1 else "",
+                     "teacher_parameters": max(count_params(t) for t in teachers),
+                     "student_init": f"layers {cfg.student_layers} of {names[0]}" if cfg.student_layers else "config"})
+    if cache:
+        log.info("distill: teacher targets %d from cache, %d computed (%s)", cache.hits, cache.misses, cache.dir)

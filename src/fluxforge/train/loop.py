@@ -30,27 +30,6 @@ def causal_lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
 
 
-def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float) -> Objective:
-    """Hinton-style logit KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
-
-    def loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = model(input_ids=inputs).logits.float()
-        with torch.no_grad():
-            t_logits = teacher(input_ids=inputs).logits.float()
-        v = logits.size(-1)
-        kd = F.kl_div(
-            F.log_softmax(logits.reshape(-1, v) / temperature, dim=-1),
-            F.log_softmax(t_logits.reshape(-1, v) / temperature, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        ) * temperature**2
-        ce = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1))
-        return alpha * kd + (1 - alpha) * ce
-
-    return loss
-
-
 def run_fingerprint(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig, desc: str) -> str:
     """Identity of a training run: config, data mixture and starting weights.
 
