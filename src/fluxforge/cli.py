@@ -17,6 +17,7 @@ Typical use:
   fluxforge lineage fluxforge-lm@champion     the champion traced back to the raw data
   fluxforge promote fluxforge-lm 4            make version 4 the champion (gate must have passed)
   fluxforge rollback fluxforge-lm             give champion back to the previous one
+  fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
 """
 
 
@@ -147,6 +148,38 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file whose tracking.tracking_uri is the default store")
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Score one model on one task file; bad input exits 2 with the reason and no traceback."""
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.eval.tasks import load_task
+
+    try:
+        task = load_task(args.task, args.format)  # before the model: a broken file fails in a second
+        if args.limit is not None and args.limit < 1:
+            raise FluxForgeError(f"--limit must be at least 1, got {args.limit}")
+        from fluxforge.eval.generation import evaluate_task, format_table
+        from fluxforge.io import write_json
+        from fluxforge.track.resolve import local_model_path
+        from fluxforge.train.loop import set_threads
+        from fluxforge.train.model import load_model
+
+        set_threads()
+        if args.model.startswith("models:/"):
+            _use_registry(args)
+        path = local_model_path(args.model)
+        model, tok = load_model(path)
+        result = evaluate_task(task, model, tok, method=args.method, limit=args.limit, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, shots=args.shots)
+    except FluxForgeError as err:
+        print(f"fluxforge eval: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        write_json(Path(args.out), {"model": args.model, "model_path": str(path), "file": str(task.path), **result.to_dict()})
+        print(f"per-question results: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fluxforge", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -168,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     m = sub.add_parser("summary", help="print where results are and the headline numbers")
     m.set_defaults(fn=_summary)
+    e = sub.add_parser("eval", help="score a model on a multiple-choice task file (CTI-MCQ TSV, CyberMetric/SecEval JSON, world mcq.jsonl)")
+    e.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    e.add_argument("--task", required=True, help="task file")
+    e.add_argument("--format", choices=("native", "cti-mcq", "cybermetric", "seceval"), help="task format (default: detected)")
+    e.add_argument("--method", choices=("loglik", "generate"), default="loglik",
+                   help="loglik: rank options by likelihood; generate: greedy reply parsed as the official script does")
+    e.add_argument("--limit", type=int, help="score only the first N questions")
+    e.add_argument("--out", help="write metrics and per-question results to this JSON file")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-new-tokens", type=int, help="generation budget (default: per format, SecEval 5 as official)")
+    e.add_argument("--shots", type=int, default=5, help="SecEval solved examples in each generation prompt (official: 5)")
+    _registry_args(e)
+    e.set_defaults(fn=_eval)
     pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
     pr.add_argument("name", help="registered model name, e.g. fluxforge-lm")
     pr.add_argument("version", help="version number to promote")
