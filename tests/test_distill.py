@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fluxforge.config import ModelConfig
 from fluxforge.errors import DataError
-from fluxforge.train.distill import TargetCache, Targets, distillation_objective, keep_layers, kd_loss, teacher_targets
+from fluxforge.train.distill import TargetCache, Targets, distillation_objective, kd_loss, keep_layers, teacher_targets
 from fluxforge.train.loop import causal_lm_loss
 from fluxforge.train.model import build_model
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fluxforge.config import ModelConfig, TrainConfig
-from fluxforge.train.loop import train
+from fluxforge.train.loop import causal_lm_loss, train
 from fluxforge.train.model import ModelLoadError, build_model, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 from fluxforge.train.schedule import lr_factor
@@ -69,7 +69,34 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     assert hist[0]["step"] == 5, "a changed config must start from step 0, not from the stale checkpoint"
 
 
-def _stop_after(model, sampler, cfg, ckpt_dir, stop):
+def test_probes_run_on_schedule_survive_resume_and_do_not_change_training(tmp_path):
+    sampler = MixtureSampler(_streams(), {"a": 1.0}, 16, 4, seed=1)
+    x = sampler.batch(999)
+
+    def probe(model):
+        assert not model.training and not torch.is_grad_enabled()
+        return {"loss": causal_lm_loss(model, x).item()}
+
+    plain, probed = build_model(TINY, 64, 0, 1), build_model(TINY, 64, 0, 1)
+    train(plain, sampler, _cfg())
+    rows: list[dict] = []
+    train(probed, sampler, _cfg(), probe=probe, probe_every=12, probes=rows)
+    assert [r["step"] for r in rows] == [0, 12, 24, 30]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    for (n, p), (_, q) in zip(plain.state_dict().items(), probed.state_dict().items()):
+        assert torch.equal(p, q), n
+
+    # a crash after step 20: the resumed run keeps the probes taken before it and adds the rest
+    first = build_model(TINY, 64, 0, 1)
+    _stop_after(first, sampler, _cfg(), tmp_path, stop=20, probe=probe, probe_every=12)
+    again: list[dict] = []
+    train(build_model(TINY, 64, 0, 1), sampler, _cfg(), checkpoint_dir=tmp_path, checkpoint_every=20,
+          probe=probe, probe_every=12, probes=again)
+    assert [r["step"] for r in again] == [0, 12, 24, 30]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in rows])
+
+
+def _stop_after(model, sampler, cfg, ckpt_dir, stop, **kw):
     """Run until the checkpoint at ``stop`` is written, then abandon the process state (as a crash would)."""
     class Stop(Exception):
         pass
@@ -83,7 +110,7 @@ def _stop_after(model, sampler, cfg, ckpt_dir, stop):
 
     sampler.batch = batch
     try:
-        train(model, sampler, cfg, checkpoint_dir=ckpt_dir, checkpoint_every=stop)
+        train(model, sampler, cfg, checkpoint_dir=ckpt_dir, checkpoint_every=stop, **kw)
     except Stop:
         pass
     finally:

@@ -184,6 +184,10 @@ class TrainConfig(_Strict):
     grad_clip: PosFloat = 1.0
     seed: int = 0
     log_every: PosInt = 10
+    # Capability probes: every N steps (and before the first), score a fixed subset of the evaluation
+    # questions and held-out documents, so curves show what the model knows as it trains; 0 = off
+    probe_every: NonNegInt = 0
+    probe_questions: PosInt = 64  # per domain
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:

@@ -14,9 +14,9 @@ from fluxforge import paths as P
 from fluxforge.config import ModelConfig, Params, TrainConfig
 from fluxforge.data.tokenize import load_streams, load_tokenizer
 from fluxforge.errors import DataError
-from fluxforge.io import atomic_file, write_json
+from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.track.runs import stage_run
-from fluxforge.train.loop import Objective, causal_lm_loss, train
+from fluxforge.train.loop import Objective, Probe, causal_lm_loss, train
 from fluxforge.train.model import build_model, count_params, load_info, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 
@@ -38,14 +38,32 @@ def _write_curve(history: list[dict], path: Path) -> None:
         w.writerows(history)
 
 
+def _probe(params: Params, cfg: TrainConfig, tok) -> Probe | None:  # noqa: ANN001
+    if not cfg.probe_every:
+        return None
+    from fluxforge.eval.probe import capability_probe
+
+    return capability_probe(tok, read_jsonl(P.WORLD / "eval" / "mcq.jsonl"), read_jsonl(P.WORLD / "eval" / "heldout.jsonl"),
+                            cfg.probe_questions, cfg.seq_len)
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    with atomic_file(path) as fh:
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.nn.Module, parent: str,
          objective: Objective = causal_lm_loss, extra_info: dict | None = None) -> None:
     tok = load_tokenizer(P.TOKENS)
     sampler, weights = _sampler(params, cfg)
+    probes: list[dict] = []
     ckpt_dir = P.CHECKPOINTS / name
     parent_info = load_info(P.model_dir(parent)) if parent else {}
     with stage_run(stage, params, cfg.model_dump(), inputs={"tokens": P.TOKENS, **({"parent": P.model_dir(parent)} if parent else {})}) as run:
-        history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name)
+        history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name,
+                        probe=_probe(params, cfg, tok), probe_every=cfg.probe_every, probes=probes)
         seconds = history[-1]["elapsed"]  # includes the time before a crash when the run was resumed
         tokens = cfg.steps * cfg.batch_size * cfg.seq_len
         # info.json travels inside the model directory (a DVC output), so it holds only what is
@@ -62,6 +80,11 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
         _write_curve(history, P.PLOTS / "train" / f"{name.replace('/', '_')}.csv")
         run.metrics(metrics)
         run.history(history)
+        _write_rows(probes or [{"step": 0}], P.PLOTS / "capability" / f"{name.replace('/', '_')}.csv")  # a DVC output either way
+        if probes:
+            keys = [k for k in probes[0] if k != "step"]
+            run.history([{"step": r["step"], **{f"probe_{k}": r[k] for k in keys}} for r in probes],
+                        keys=tuple(f"probe_{k}" for k in keys))
         if parent:
             run.tags({"fluxforge.parent": parent, "fluxforge.parent_run_id": P.train_metrics(parent).get("mlflow_run_id", "")})
     shutil.rmtree(ckpt_dir, ignore_errors=True)

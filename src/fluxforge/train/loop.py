@@ -23,6 +23,7 @@ from fluxforge.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 Objective = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+Probe = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -59,13 +60,21 @@ def train(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 100,
     desc: str = "train",
+    probe: Probe | None = None,
+    probe_every: int = 0,
+    probes: list[dict] | None = None,
 ) -> list[dict]:
     """Train in place and return the logged history (step, loss, lr, tokens, elapsed).
 
     If ``checkpoint_dir`` holds a checkpoint from an interrupted run, training resumes
     from it: weights, optimizer, scheduler and step are restored, and the sampler is a
     pure function of the step, so the continued run sees the same batches.
+
+    ``probe(model)`` runs before the first step and every ``probe_every`` steps, in eval
+    mode and without gradients; its results are appended to ``probes`` (restored on resume).
+    Probes touch no random state, so a probed run trains exactly like an unprobed one.
     """
+    probes = probes if probes is not None else []
     set_threads()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -87,7 +96,22 @@ def train(
         opt.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start, history = int(state["step"]), list(state["history"])
+        probes[:] = state.get("probes", [])
         log.warning("resuming %s from checkpoint %s at step %d", desc, ckpt, start)
+
+    def run_probe(step: int) -> float:
+        """Probe if due; return the seconds it took, which are kept out of the training time."""
+        if probe is None or not probe_every or (step % probe_every and step != cfg.steps):
+            return 0.0
+        t = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            probes.append({"step": step, **probe(model)})
+        model.train()
+        return time.perf_counter() - t
+
+    if start == 0:
+        run_probe(0)
     model.train()
     tokens_per_step = sampler.batch_size * sampler.seq_len
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
@@ -115,11 +139,14 @@ def train(
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}")
             window_loss, window_n, t_window = 0.0, 0, now
+        spent = run_probe(done)
+        t0 += spent
+        t_window += spent
         if ckpt and done % checkpoint_every == 0 and done < cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": done, "history": history, "fingerprint": fingerprint}, tmp)
+                        "step": done, "history": history, "fingerprint": fingerprint, "probes": probes}, tmp)
             os.replace(tmp, ckpt)
     model.eval()
     return history
