@@ -1,4 +1,5 @@
 import copy
+from html import escape as html_escape
 
 import mlflow
 import pytest
@@ -10,11 +11,13 @@ from fluxforge.track.registry import gate, register_and_gate
 
 def _ev(final_cyber=0.9, final_ppl=110.0, p=1e-6):
     def m(gacc, cacc, gppl):
-        return {"general": {"acc": gacc, "ppl": gppl}, "cyber": {"acc": cacc, "ppl": 300.0}, "slices": {}}
+        return {"general": {"acc": gacc, "acc_norm": gacc, "ppl": gppl}, "cyber": {"acc": cacc, "acc_norm": cacc, "ppl": 300.0},
+                "slices": {}}
 
     return {"final": "continual/cyber", "eval_set_digest": "abc",
             "models": {"pretrain": m(0.6, 0.25, 100.0), "continual/cyber": m(0.7, final_cyber, final_ppl), "student": m(0.3, 0.3, 150.0)},
-            "tests": {"cyber": {"p_final_vs_pretrain": p}}}
+            "tests": {"cyber": {"p_final_vs_pretrain": p, "n": 100, "acc_pretrain": 0.25, "acc_final": final_cyber,
+                                "gained": 10, "lost": 1, "p_final_vs_chance": p}}}
 
 
 def test_gate_rules_each_can_fail():
@@ -34,7 +37,7 @@ def test_gate_rules_each_can_fail():
 
 
 @pytest.fixture
-def tiny_model_dir(in_tmp):
+def tiny_model_dir(in_tmp, monkeypatch):
     from fluxforge.config import ModelConfig
     from fluxforge.data.tokenize import train_tokenizer
     from fluxforge.train.model import build_model, save_model
@@ -43,6 +46,8 @@ def tiny_model_dir(in_tmp):
     m = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=32),
                     len(tok), tok.eos_token_id, tok.pad_token_id)
     save_model(m, tok, P.model_dir("continual/cyber"), {"cumulative_tokens": 1234, "parent": "pretrain"})
+    # an absolute URI: MLflow caches stores by URI, so a relative one would reach another test's database
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
     return P.model_dir("continual/cyber")
 
 
@@ -72,3 +77,20 @@ def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model
     local = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
     model = AutoModelForCausalLM.from_pretrained(f"{local}/artifacts/hf")
     assert model.config.hidden_size == 16
+
+
+def test_report_says_why_a_challenger_was_not_promoted(tiny_params, tiny_model_dir):
+    from fluxforge.eval.report import build_report
+    from fluxforge.io import write_json
+
+    register_and_gate(tiny_params, _ev())
+    worse = copy.deepcopy(_ev())
+    worse["models"]["continual/cyber"]["cyber"]["acc"] = 0.26  # barely above the pretrained model
+    decision = register_and_gate(tiny_params, worse)
+    assert not decision["promoted"]
+    write_json(P.METRICS / "register.json", decision)
+    write_json(P.METRICS / "eval.json", worse)
+    html = build_report(tiny_params, P.REPORTS / "report.html").read_text()
+    assert f"version {decision['version']} is <b>challenger</b>, <b>not promoted</b>; champion unchanged" in html
+    fails = [r for r in decision["reasons"] if r.startswith("FAIL")]
+    assert fails and all(html_escape(r) in html for r in fails)
