@@ -57,8 +57,13 @@ def test_metrics_ledger_and_report(repo):
     ev = json.loads((repo / "metrics" / "eval.json").read_text())
     assert set(ev["models"]) == {"untrained", "pretrain", "continual/slice2022", "continual/cyber", "student"}
     assert ev["models"]["pretrain"]["general"]["ppl"] < ev["models"]["untrained"]["general"]["ppl"]
+    assert ev["distill"]["teacher"] == "continual/cyber" and ev["distill"]["speedup"] > 1
+    assert ev["models"]["student"]["parameters"] < ev["models"]["continual/cyber"]["parameters"]
+    probes = (repo / "plots" / "capability" / "continual_cyber.csv").read_text().splitlines()
+    assert probes[0].split(",")[:2] == ["step", "cyber_acc"] and [r.split(",")[0] for r in probes[1:]] == ["0", "4", "8"]
     html = (repo / "reports" / "report.html").read_text()
-    assert "Registry decision" in html and html.count("<img") >= 3
+    assert "Registry decision" in html and html.count("<img") >= 4
+    assert "Capability during training" in html and "runs" in html and "as fast" in html
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(repo / "models" / "student")
@@ -78,12 +83,25 @@ def test_editing_code_reruns_only_the_stages_that_run_it(repo):
     assert ran(_run(["dvc", "repro"], repo)) == {"report"}
 
 
+def test_lineage_traces_the_champion_back_to_the_raw_data(repo):
+    out = _run(["fluxforge", "lineage", "fluxforge-lm@champion"], repo).stdout
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    raw_md5 = next(o["md5"] for o in lock["ingest"]["outs"] if o["path"] == "data/raw")
+    chain = [line.split()[1] for line in out.splitlines() if line.strip().startswith("<-")]
+    assert chain == ["continual@cyber", "continual@slice2022", "pretrain", "tokenize", "dedup", "filter", "validate", "ingest", "world"]
+    assert f"data/raw {raw_md5[:12]}" in out and "gate         passed" in out and "promote" in out
+
+
 def test_changing_the_student_reruns_only_what_depends_on_it(repo):
+    """A committee of two teachers, targets cached, the student cut from the final model's layers."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["distill"]["student"]["hidden_size"] = 24
+    params["distill"].update(teacher=["final", "continual/slice2022"], student_layers=[0], teacher_cache=True, top_k=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = _run(["dvc", "repro"], repo)
     assert ran(proc) == {"distill", "evaluate", "register", "report"}
+    info = json.loads((repo / "models" / "student" / "training_state" / "info.json").read_text())
+    assert info["teachers"] == ["continual/cyber", "continual/slice2022"] and info["student_init"].startswith("layers [0]")
+    assert "teacher targets 0 from cache, 6 computed" in proc.stdout + proc.stderr
 
 
 def test_bad_params_fail_with_key_and_file(repo):

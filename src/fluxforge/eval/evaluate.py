@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from fluxforge.eval.scoring import perplexity, score_mcq, summarize
@@ -36,7 +39,42 @@ def evaluate_model(model: PreTrainedModel, tok: PreTrainedTokenizerFast, heldout
         out["slices"].setdefault(sl, {})["ppl"] = m["ppl"]
     for sl, group in per_q.groupby("slice"):
         out["slices"].setdefault(sl, {})["acc"] = float(group["correct"].mean())
+    out["parameters"] = sum(p.numel() for p in model.parameters())
+    out["tokens_per_s"] = forward_throughput(model, seq_len, batch_size)
     return out, per_q
+
+
+@torch.no_grad()
+def forward_throughput(model: PreTrainedModel, seq_len: int, batch_size: int, repeats: int = 5) -> float:
+    """Inference tokens per second of a full forward pass (median of ``repeats``, after one warm-up).
+
+    Random token ids: speed does not depend on the text, and the same shapes for every model
+    make the numbers comparable (the student's speedup over its teacher).
+    """
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=g)
+    model(input_ids=ids)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(input_ids=ids)
+        times.append(time.perf_counter() - t)
+    return batch_size * seq_len / statistics.median(times)
+
+
+def distillation_summary(results: Mapping[str, dict], teacher: str, student: str = "student") -> dict:
+    """The student's quality as a fraction of its teacher's, its size and its speedup."""
+    t, s = results[teacher], results[student]
+    out = {"teacher": teacher, "student": student,
+           "parameters": {"teacher": t["parameters"], "student": s["parameters"]},
+           "size_ratio": s["parameters"] / t["parameters"],
+           "speedup": s["tokens_per_s"] / t["tokens_per_s"]}
+    for d in ("general", "cyber"):
+        # accuracy above chance is what was learned; 0.25 = four options
+        out[f"{d}_acc_fraction"] = (s[d]["acc"] - 0.25) / (t[d]["acc"] - 0.25) if t[d]["acc"] > 0.25 else float("nan")
+        out[f"{d}_ppl_ratio"] = t[d]["ppl"] / s[d]["ppl"]  # > 1: the student predicts held-out text better
+    return out
 
 
 def accuracy_table(results: Mapping[str, dict]) -> pd.DataFrame:

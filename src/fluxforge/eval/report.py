@@ -66,6 +66,56 @@ def _curves(params: Params) -> str:
     return _img(fig)
 
 
+def _capability(params: Params) -> str:
+    """Probe accuracy and perplexity per domain through pretraining and each continual task, end to end."""
+    order = ["pretrain", *[f"continual_{t}" for t in params.continual.tasks]]
+    frames = {n: pd.read_csv(P.PLOTS / "capability" / f"{n}.csv") for n in order if (P.PLOTS / "capability" / f"{n}.csv").exists()}
+    frames = {n: f for n, f in frames.items() if len(f.columns) > 1}
+    if not frames:
+        return "<p>No capability probes (set <code>probe_every</code> in params to draw these curves).</p>"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    offset, colors = 0, {"general": "#4c72b0", "cyber": "#dd8452"}
+    for i, (name, df) in enumerate(frames.items()):
+        for d, c in colors.items():
+            for ax, key in ((axes[0], f"{d}_acc"), (axes[1], f"{d}_ppl")):
+                if key in df:
+                    ax.plot(df["step"] + offset, df[key], "o-", ms=3, color=c, label=d if i == 0 else None)
+        end = offset + int(df["step"].max())
+        for ax in axes:
+            ax.axvline(end, color="grey", lw=0.6, ls=":")
+            ax.text((offset + end) / 2, 1.01, name.replace("continual_", ""), transform=ax.get_xaxis_transform(),
+                    ha="center", fontsize=7)
+        offset = end
+    axes[0].axhline(0.25, color="grey", ls="--", lw=0.8)
+    axes[0].set_ylabel("probe accuracy")
+    axes[1].set_ylabel("probe held-out perplexity")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("training step (stages end to end)")
+        ax.legend(fontsize=8)
+    return (_img(fig) + "<p>Probes score a fixed subset of the questions and held-out documents during training "
+            "(<code>probe_every</code>, <code>probe_questions</code>); a dip right after a task starts is the stability gap.</p>")
+
+
+def _distill(ev: dict) -> str:
+    d = ev.get("distill") or {}
+    if not d:
+        return "<p>No distillation summary (the teacher is not one of the evaluated models).</p>"
+    t, s = ev["models"][d["teacher"]], ev["models"][d["student"]]
+
+    def row(name: str, m: dict) -> str:
+        return (f"<tr><td>{html.escape(name)}</td><td>{m['parameters']:,}</td><td>{m['tokens_per_s']:,.0f}</td>"
+                f"<td>{m['general']['acc']:.3f}</td><td>{m['cyber']['acc']:.3f}</td>"
+                f"<td>{m['general']['ppl']:.1f}</td><td>{m['cyber']['ppl']:.1f}</td></tr>")
+
+    return ("<table><tr><th>model</th><th>parameters</th><th>tokens/s (forward)</th><th>general acc</th><th>cyber acc</th>"
+            "<th>general ppl</th><th>cyber ppl</th></tr>" + row(f"teacher ({d['teacher']})", t) + row("student", s) + "</table>"
+            f"<p>The student has {d['size_ratio']:.2f}x the teacher's parameters and runs {d['speedup']:.2f}x as fast; "
+            f"it keeps {d['general_acc_fraction']:.0%} of the teacher's above-chance general accuracy and "
+            f"{d['cyber_acc_fraction']:.0%} of its cyber accuracy; held-out perplexity ratio teacher/student "
+            f"{d['general_ppl_ratio']:.2f} (general), {d['cyber_ppl_ratio']:.2f} (cyber).</p>")
+
+
 def _accuracy(ev: dict) -> str:
     models = list(ev.get("models", {}))
     if not models:
@@ -134,8 +184,10 @@ experiment <code>{html.escape(params.tracking.experiment)}</code>.</p>
 <h2>1. Data funnel</h2>{_funnel(_load(P.METRICS / 'funnel.json'), ledgers)}
 <h3>Filters and dedup against the planted labels</h3><table><tr><th>metric</th><th>value</th></tr>{q_rows}</table>
 <h2>2. Training</h2>{_curves(params)}
+<h3>Capability during training</h3>{_capability(params)}
 <h2>3. Evaluation</h2>{_accuracy(ev)}
 <h3>Is the cyber update's gain real?</h3>{_tests(ev)}
+<h3>Distillation: quality against size</h3>{_distill(ev)}
 <h2>4. Registry decision</h2>{_registry(_load(P.METRICS / 'register.json'))}
 </body></html>"""
     with atomic_file(out) as fh:

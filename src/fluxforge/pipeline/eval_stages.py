@@ -11,7 +11,7 @@ from fluxforge import paths as P
 from fluxforge.config import Params
 from fluxforge.data.tokenize import load_tokenizer
 from fluxforge.errors import DataError
-from fluxforge.eval.evaluate import accuracy_table, evaluate_model
+from fluxforge.eval.evaluate import accuracy_table, distillation_summary, evaluate_model
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
 from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.pipeline.train_stages import new_model
@@ -47,8 +47,15 @@ def evaluate(params: Params) -> None:
                  r["general"]["ppl"], r["general"]["acc"], r["cyber"]["ppl"], r["cyber"]["acc"])
     per_q = pd.concat(per_question, ignore_index=True)
     tests = significance(per_q, final=params.continual.final)
+    teacher = params.teacher_names()[0]
     summary = {"models": results, "tests": tests, "final": params.continual.final, "questions": len(questions),
-               "eval_set_digest": digest_path(P.WORLD / "eval")}
+               "eval_set_digest": digest_path(P.WORLD / "eval"),
+               "distill": distillation_summary(results, teacher) if teacher in results else {}}
+    if summary["distill"]:
+        d = summary["distill"]
+        log.info("distill: student has %.2fx the teacher's parameters, runs %.2fx as fast, keeps %.0f%% / %.0f%% of its "
+                 "above-chance general / cyber accuracy", d["size_ratio"], d["speedup"], 100 * d["general_acc_fraction"],
+                 100 * d["cyber_acc_fraction"])
     write_json(P.METRICS / "eval.json", summary)
     P.REPORTS.mkdir(parents=True, exist_ok=True)
     with atomic_file(P.REPORTS / "eval_questions.parquet", "wb") as fh:
@@ -57,7 +64,7 @@ def evaluate(params: Params) -> None:
     with atomic_file(P.PLOTS / "eval" / "accuracy.csv") as fh:
         table.to_csv(fh, index=False)
     with stage_run("evaluate", params, params.evaluate.model_dump(), inputs={"models": P.MODELS, "eval_sets": P.WORLD / "eval"}) as run:
-        run.metrics({"tests": tests})
+        run.metrics({"tests": tests, "distill": summary["distill"]})
         for name, r in results.items():
             run.metrics({name.replace("/", "_"): {d: r[d] for d in ("general", "cyber")}})
         run.artifact(P.PLOTS / "eval" / "accuracy.csv")
