@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servers import mlflow_server, s3_server, tracking_uri  # noqa: F401 - session servers for tests that need them
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
