@@ -1,10 +1,23 @@
-"""Run every benchmark (`make bench`). Each writes its own section of BENCHMARKS.md."""
+"""Run the benchmarks (`make bench`: all of them). Each writes its own section of BENCHMARKS.md.
 
+Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, scoring_throughput; default: all)
+Options after the names go to each benchmark run, e.g. `run.py scoring_throughput --threads 1`.
+"""
+
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for script in ("dag_timing.py",):
-    print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
+SCRIPTS = ("dag_timing", "scoring_throughput")
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, of {', '.join(SCRIPTS)} (default: all)")
+args, options = ap.parse_known_args()
+names = args.names or list(SCRIPTS)
+if unknown := sorted(set(names) - set(SCRIPTS)):
+    ap.error(f"unknown benchmark(s) {unknown}; choose from {list(SCRIPTS)}")
+for name in names:
+    print(f"== {name}.py", flush=True)
+    subprocess.run([sys.executable, str(HERE / f"{name}.py"), *options], check=True)

@@ -49,7 +49,7 @@ def test_mcq_picks_the_highest_likelihood_and_length_normalises(lm):
     ll = option_loglikelihoods(model, tok, [q["question"]] * 4, [" " + o for o in q["options"]])
     r = score_mcq(model, tok, [q])[0]
     assert r["pred"] == int(ll.argmax())
-    norm = [v / len(" " + o) for v, o in zip(ll, q["options"])]
+    norm = [v / len(o) for v, o in zip(ll, q["options"])]
     assert r["pred_norm"] == norm.index(max(norm))
 
 
