@@ -27,6 +27,10 @@ def test_gate_rules_each_can_fail():
     assert not ok and any(r.startswith("FAIL cyber accuracy gain") for r in reasons)
     ok, reasons = gate(_ev(final_ppl=200.0), GateConfig(), None)
     assert not ok and any(r.startswith("FAIL general held-out perplexity") for r in reasons)
+    weak = {**_ev(), "distill": {"general_acc_fraction": 0.9, "cyber_acc_fraction": 0.4}}
+    ok, reasons = gate(weak, GateConfig(min_student_acc_fraction=0.5), None)
+    assert not ok and any(r.startswith("FAIL student keeps 40% of the teacher's above-chance accuracy") for r in reasons)
+    assert gate(weak, GateConfig(min_student_acc_fraction=0.4), None)[0]
     ok, reasons = gate(_ev(p=0.2), GateConfig(), None)
     assert not ok and any("p = 2.00e-01" in r for r in reasons)
     champ = {"version": "3", "general_acc": 0.9, "cyber_acc": 0.95, "eval_set": "abc"}

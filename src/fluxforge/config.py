@@ -252,6 +252,7 @@ class GateConfig(_Strict):
     max_general_ppl_increase: float = 0.25  # relative to the pretrained model
     max_significance_p: Fraction = 0.05  # one-sided binomial test of the cyber gain
     min_student_ppl_ratio: Fraction = 0.0  # teacher_ppl / student_ppl (0 disables)
+    min_student_acc_fraction: Fraction = 0.0  # student's above-chance accuracy / teacher's, worst domain (0 disables)
     must_beat_champion: bool = True
 
 

@@ -49,6 +49,12 @@ def gate(ev: dict, cfg: GateConfig, champion: dict | None) -> tuple[bool, list[s
         ratio = final["general_ppl"] / ev["models"]["student"]["general"]["ppl"]
         reasons.append((ratio >= cfg.min_student_ppl_ratio,
                         f"student keeps {ratio:.2f} of the teacher's perplexity quality (need >= {cfg.min_student_ppl_ratio})"))
+    if cfg.min_student_acc_fraction > 0 and ev.get("distill"):
+        d = ev["distill"]
+        worst = min(d["general_acc_fraction"], d["cyber_acc_fraction"])
+        reasons.append((worst >= cfg.min_student_acc_fraction,
+                        f"student keeps {worst:.0%} of the teacher's above-chance accuracy in its worst domain "
+                        f"(need >= {cfg.min_student_acc_fraction:.0%})"))
     if cfg.must_beat_champion and champion and champion.get("eval_set") != ev.get("eval_set_digest"):
         # numbers from another question set say nothing about which model is better
         reasons.append((True, f"champion v{champion['version']} was scored on another evaluation set; not compared"))
