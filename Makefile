@@ -39,7 +39,7 @@ test: install    ## install, then run the whole test suite (slow e2e included)
 test-fast: install ## unit tests only (skips the slow end-to-end tests)
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install   ## run the benchmarks (writes BENCHMARKS.md)
+bench: run   ## run the benchmarks after the DAG (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/run.py
 
 clean:           ## remove generated data, models and caches (keeps .venv)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -40,7 +39,6 @@ for key, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORM
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -48,27 +46,12 @@ from report_md import machine, replace_section  # noqa: E402
 
 from fluxforge.config import ModelConfig, TokenizerConfig, WorldConfig  # noqa: E402
 from fluxforge.data.tokenize import train_tokenizer  # noqa: E402
+from fluxforge.eval.lm_eval_task import write_lm_eval_task  # noqa: E402
 from fluxforge.eval.scoring import option_loglikelihoods, score_mcq  # noqa: E402
 from fluxforge.train.model import build_model, count_params, load_model, save_model  # noqa: E402
 from fluxforge.world.generate import WorldBuilder  # noqa: E402
 
 TASK = "fluxforge_mcq_bench"
-
-
-def write_task(questions: list[dict], folder: Path) -> Path:
-    """A local lm-eval task over the questions, with our request format: context ``question``, continuation " " + option."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "questions.jsonl"
-    data.write_text("".join(json.dumps({k: q[k] for k in ("id", "question", "options", "answer")}) + "\n" for q in questions))
-    task = {
-        "task": TASK, "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(folder / "hf_cache")},
-        "doc_to_text": "question", "doc_to_choice": "options", "doc_to_target": "answer", "target_delimiter": " ",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (folder / f"{TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-    return folder
 
 
 def main() -> None:
@@ -101,7 +84,7 @@ def main() -> None:
         model.eval()
         n_params = count_params(model)
         lm = HFLM(pretrained=str(tmp / "model"), device="cpu", batch_size=args.batch_size, add_bos_token=True)
-        manager = TaskManager(include_path=str(write_task(questions, tmp / "task")), include_defaults=False)
+        manager = TaskManager(include_path=str(write_lm_eval_task(questions, tmp / "task", TASK)), include_defaults=False)
 
         def ours() -> list[dict]:
             return score_mcq(model, tok, questions, batch_size=args.batch_size)

@@ -14,7 +14,6 @@ context with nothing before it, and its log-likelihoods differ from ours by up t
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import yaml
 
 from fluxforge.config import ModelConfig, WorldConfig
 from fluxforge.data.tokenize import encode_stream, train_tokenizer
+from fluxforge.eval.lm_eval_task import write_lm_eval_task
 from fluxforge.eval.scoring import option_loglikelihoods, score_mcq
 from fluxforge.train.model import build_model, load_model, save_model
 from fluxforge.world.generate import WorldBuilder
@@ -95,21 +95,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     return tmp, _questions(world)
 
 
-def _write_task(questions: list[dict], folder: Path) -> None:
-    """A local lm-eval task whose requests are ours: context ``question``, continuation " " + option."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "questions.jsonl"
-    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
-    task = {
-        "task": TASK, "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(folder / "hf_cache")},
-        "doc_to_text": "question", "doc_to_choice": "options", "doc_to_target": "answer", "target_delimiter": " ",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (folder / f"{TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-
-
 def test_scores_equal_lm_eval_question_by_question(setup: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:
     # nothing may download: datasets reads this when lm_eval first imports it (conftest sets HF_HUB_OFFLINE)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -118,7 +103,7 @@ def test_scores_equal_lm_eval_question_by_question(setup: tuple[Path, list[dict]
     from lm_eval.tasks import TaskManager
 
     tmp, questions = setup
-    _write_task(questions, tmp / "task")
+    write_lm_eval_task(questions, tmp / "task", TASK)
     lm = HFLM(pretrained=str(tmp / "model"), device="cpu", batch_size=16, add_bos_token=True)
     res = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=TaskManager(include_path=str(tmp / "task"), include_defaults=False),
                                   log_samples=True, bootstrap_iters=0)
