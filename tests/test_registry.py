@@ -55,7 +55,7 @@ def tiny_model_dir(in_tmp, monkeypatch):
     return P.model_dir("continual/cyber")
 
 
-def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model_dir):
+def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model_dir, monkeypatch):
     first = register_and_gate(tiny_params, _ev())
     assert first["promoted"] and first["version"] == "1"
     client = mlflow.MlflowClient()
@@ -81,6 +81,16 @@ def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model
     local = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
     model = AutoModelForCausalLM.from_pretrained(f"{local}/artifacts/hf")
     assert model.config.hidden_size == 16
+
+    # and a registered version serves as a distillation teacher, pinned to the version the alias names now
+    import fluxforge.track.resolve as resolve
+    from fluxforge.pipeline.train_stages import teacher_dir
+    from fluxforge.train.model import load_model
+
+    monkeypatch.setattr(resolve, "CACHE", tiny_model_dir.parents[2] / "model-cache")
+    path = teacher_dir(f"models:/{name}@champion")
+    assert path.parts[-4:] == (name, "1", "artifacts", "hf")
+    assert load_model(path)[0].config.hidden_size == 16
 
 
 def test_report_says_why_a_challenger_was_not_promoted(tiny_params, tiny_model_dir):
