@@ -326,3 +326,23 @@ def test_eval_command_end_to_end(tiny_model_dir, tmp_path, capsys, fmt, method):
         assert all(q["pred"] and set(q["pred"]) <= set(LETTERS) for q in res["questions"])
     if fmt == "seceval":
         assert set(res["per_topic"]) <= set(TOPICS) and res["per_topic"] and all(t in printed for t in res["per_topic"])
+
+
+def test_eval_command_logs_to_mlflow(tiny_model_dir, tmp_path, capsys):
+    import mlflow
+
+    from fluxforge.cli import main
+
+    task_file, _ = write_task(tmp_path, "seceval", n=8)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", str(tiny_model_dir), "--task", str(task_file), "--method", "loglik", "--limit", "4",
+              "--out", str(tmp_path / "r.json"), "--log", "cyber-evals", "--tracking-uri", uri])
+    assert exit_.value.code == 0
+    run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert run.data.metrics["acc"] == pytest.approx(res["metrics"]["acc"])
+    assert run.data.params["method"] == "loglik" and run.data.params["questions"] == "4"
+    assert any(k.endswith(".acc") for k in run.data.metrics)  # per-topic metrics
+    assert [a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(run_id)] == ["r.json"]

@@ -177,7 +177,28 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out:
         write_json(Path(args.out), {"model": args.model, "model_path": str(path), "file": str(task.path), **result.to_dict()})
         print(f"per-question results: {args.out}")
+    if args.log:
+        print(f"MLflow run: {_log_eval(args, task, result)}")
     return 0
+
+
+def _log_eval(args: argparse.Namespace, task, result) -> str:  # noqa: ANN001
+    """One MLflow run per evaluation: what was scored, how, the metrics overall and per topic, the per-question file."""
+    import mlflow
+
+    from fluxforge.track.lineage import digest_path
+
+    _use_registry(args)
+    mlflow.set_experiment(args.log)
+    with mlflow.start_run(run_name=f"eval {task.name}") as run:
+        mlflow.log_params({"model": args.model, "task_file": str(task.path), "format": task.format, "method": args.method,
+                           "limit": args.limit or "", "questions": result.n})
+        mlflow.set_tags({"fluxforge.stage": "eval", "task.sha256": digest_path(task.path)})
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        mlflow.log_metrics({f"{t}.{k}": float(v) for t, m in result.per_topic.items() for k, v in m.items() if k != "n"})
+        if args.out:
+            mlflow.log_artifact(args.out)
+        return run.info.run_id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-new-tokens", type=int, help="generation budget (default: per format, SecEval 5 as official)")
     e.add_argument("--shots", type=int, default=5, help="SecEval solved examples in each generation prompt (official: 5)")
+    e.add_argument("--log", metavar="EXPERIMENT", help="also log the results as a run of this MLflow experiment")
     _registry_args(e)
     e.set_defaults(fn=_eval)
     pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
