@@ -33,6 +33,8 @@ def test_gate_rules_each_can_fail():
     assert gate(weak, GateConfig(min_student_acc_fraction=0.4), None)[0]
     ok, reasons = gate(_ev(p=0.2), GateConfig(), None)
     assert not ok and any("p = 2.00e-01" in r for r in reasons)
+    same = {"version": "2", "general_acc": 0.7, "cyber_acc": 0.9 + 1e-12, "eval_set": "abc"}
+    assert gate(_ev(), GateConfig(), same)[0], "the same model registered again ties with itself"
     champ = {"version": "3", "general_acc": 0.9, "cyber_acc": 0.95, "eval_set": "abc"}
     ok, reasons = gate(_ev(), GateConfig(), champ)
     assert not ok and any("champion v3" in r for r in reasons)

@@ -61,7 +61,8 @@ def gate(ev: dict, cfg: GateConfig, champion: dict | None) -> tuple[bool, list[s
     elif cfg.must_beat_champion and champion:
         mine = (final["general_acc"] + final["cyber_acc"]) / 2
         theirs = (champion["general_acc"] + champion["cyber_acc"]) / 2
-        reasons.append((mine >= theirs, f"mean accuracy {mine:.3f} vs champion v{champion['version']} {theirs:.3f} (need >=)"))
+        # equal counts of correct answers must tie, whatever the float formatting on the way through tags
+        reasons.append((mine >= theirs - 1e-9, f"mean accuracy {mine:.3f} vs champion v{champion['version']} {theirs:.3f} (need >=)"))
     elif cfg.must_beat_champion:
         reasons.append((True, "no champion yet"))
     return all(ok for ok, _ in reasons), [("PASS " if ok else "FAIL ") + text for ok, text in reasons]
@@ -132,7 +133,7 @@ def register_and_gate(params: Params, ev: dict) -> dict:
             )
         version = str(info.registered_model_version)
         nums = headline(ev, final)
-        tags = {**lineage_tags(params, final), **{f"eval.{k}": f"{v:.6g}" for k, v in nums.items()},
+        tags = {**lineage_tags(params, final), **{f"eval.{k}": repr(float(v)) for k, v in nums.items()},
                 "eval.set_digest": ev.get("eval_set_digest", ""),
                 "params": json.dumps(params.model_dump(by_alias=True), default=str)[:5000]}
         for k, v in tags.items():
