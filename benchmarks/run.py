@@ -1,6 +1,6 @@
 """Run the benchmarks (`make bench`: all of them). Each writes its own section of BENCHMARKS.md.
 
-Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, scoring_throughput, distill_variants;
+Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, flow_overhead, scoring_throughput, distill_variants;
 default: all; distill_variants needs the outputs of `make run`)
 Options after the names go to each benchmark run, e.g. `run.py scoring_throughput --threads 1`.
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("dag_timing", "scoring_throughput", "distill_variants")
+SCRIPTS = ("dag_timing", "flow_overhead", "scoring_throughput", "distill_variants")
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, of {', '.join(SCRIPTS)} (default: all)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -30,14 +31,21 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     assert stages.index("continual@slice2022") < stages.index("continual@cyber") < stages.index("distill")
 
     result = refresh(str(flow_repo))
-    assert list(result) == stages and set(result.values()) == {"ran"}
+    assert list(result["stages"]) == stages and set(result["stages"].values()) == {"ran"}
     flow_hashes = cached_out_hashes(yaml.safe_load((flow_repo / "dvc.lock").read_text()))
     _, plain_hashes = tiny_repo  # the same pipeline and params, reproduced by plain `dvc repro`
     assert flow_hashes == plain_hashes
     assert {"data/world", "data/tokens", "models/pretrain", "models/continual/cyber", "models/student"} <= set(flow_hashes)
 
+    # the refresh committed what it ran, naming the model version; a second refresh changes nothing
+    log = subprocess.run(["git", "log", "-1", "--format=%s", "--name-only"], cwd=flow_repo, capture_output=True, text=True).stdout
+    assert log.startswith("refresh: fluxforge-lm v1 (champion)") and "dvc.lock" in log
+    assert result["commit"] and result["model"]["promoted"] is True
+    assert result["watermark"]["after"] and result["watermark"]["new_documents"] is None  # first refresh: no watermark before
+
     again = refresh(str(flow_repo))
-    assert set(again.values()) == {"up to date"}
+    assert set(again["stages"].values()) == {"up to date"} and again["commit"] is None
+    assert again["watermark"]["new_documents"] == 0
 
 
 def test_a_failing_stage_stops_the_flow_with_its_message(prefect_api, tmp_path):
@@ -49,3 +57,24 @@ def test_a_failing_stage_stops_the_flow_with_its_message(prefect_api, tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(Exception, match="years must be strictly increasing"):
         refresh(str(repo))
+
+
+def test_deployments_read_back_with_pool_schedule_and_job_variables(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from fluxforge.orchestrate.deploy import DeploySpec, deploy
+    from pipeline_repo import ROOT
+
+    ids = deploy(DeploySpec(root=ROOT, cron="0 4 * * 1", timezone="Europe/Berlin",
+                            gpu_job_variables={"env": {"CUDA_VISIBLE_DEVICES": "0"}}))
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment(ids["fluxforge-refresh/nightly"])
+        gpu = client.read_deployment(ids["fluxforge-gpu-stage/gpu"])
+        gpu_pool = client.read_work_pool("fluxforge-gpu")
+    assert nightly.work_pool_name == "fluxforge-cpu" and nightly.entrypoint == "flows/refresh.py:refresh"
+    cron = nightly.schedules[0].schedule
+    assert (cron.cron, cron.timezone) == ("0 4 * * 1", "Europe/Berlin")
+    assert nightly.parameters["gpu_deployment"] == "fluxforge-gpu-stage/gpu"
+    assert gpu.work_pool_name == "fluxforge-gpu" and gpu.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
+    assert not gpu.schedules
+    assert gpu_pool.type == "process" and "env" in gpu_pool.base_job_template["variables"]["properties"]

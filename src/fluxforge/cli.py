@@ -17,6 +17,8 @@ Typical use:
   fluxforge lineage fluxforge-lm@champion     the champion traced back to the raw data
   fluxforge promote fluxforge-lm 4            make version 4 the champion (gate must have passed)
   fluxforge rollback fluxforge-lm             give champion back to the previous one
+  fluxforge refresh -S pretrain.steps=200     one refresh through Prefect (pull, repro, promote, push, commit)
+  fluxforge deploy                            nightly refresh + GPU-stage deployments on a Prefect server
   fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
 """
 
@@ -143,6 +145,56 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    """One refresh through Prefect: on a server if PREFECT_API_URL is set, else on a temporary local one."""
+    import os
+
+    from fluxforge.errors import FluxForgeError
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from fluxforge.orchestrate.flows import StageFailed, refresh
+
+    try:
+        result = refresh(root=args.root, profile=args.profile, overrides=args.set, gpu_deployment=args.gpu_deployment,
+                         push=not args.no_push, commit=not args.no_commit)
+    except (FluxForgeError, StageFailed) as err:
+        print(f"refresh failed; champion unchanged.\n{err}", file=sys.stderr)
+        return 1
+    ran = [s for s, v in result["stages"].items() if v != "up to date"]
+    print(f"refresh done: {len(ran)} of {len(result['stages'])} stages ran ({', '.join(ran) or 'none'})")
+    w = result["watermark"]
+    if w["new_documents"] is not None:
+        print(f"  data: {w['new_documents']} documents newer than the previous watermark {w['before']}")
+    m = result["model"]
+    if m.get("version") and "register" in ran:
+        print(f"  registry: {m['model_name']} v{m['version']} " + ("promoted to champion" if m["promoted"] else "not promoted"))
+        for r in m.get("reasons") or []:
+            print(f"    {r}")
+    if result.get("commit"):
+        print(f"  committed params.yaml + dvc.lock as {result['commit'][:12]}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate.deploy import DeploySpec, deploy
+
+    spec = DeploySpec(root=Path(args.root), cron=args.cron, timezone=args.timezone, cpu_pool=args.cpu_pool,
+                      gpu_pool=args.gpu_pool, gpu_pool_type=args.gpu_pool_type,
+                      gpu_job_variables=json.loads(args.gpu_job_variables) if args.gpu_job_variables else {})
+    try:
+        ids = deploy(spec)
+    except FluxForgeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, dep_id in ids.items():
+        print(f"deployment {name}: {dep_id}")
+    print(f"Start workers: prefect worker start --pool {spec.cpu_pool}   and, on GPU machines, "
+          f"prefect worker start --pool {spec.gpu_pool}")
+    return 0
+
+
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the params file's)")
     p.add_argument("--params", default="params.yaml", help="params file whose tracking.tracking_uri is the default store")
@@ -236,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--log", metavar="EXPERIMENT", help="also log the results as a run of this MLflow experiment")
     _registry_args(e)
     e.set_defaults(fn=_eval)
+    rf = sub.add_parser("refresh", help="one model refresh through Prefect: pull, repro, register/gate/promote, push, commit")
+    rf.add_argument("--root", default=".", help="the repository (default: here)")
+    rf.add_argument("--profile", help="params file to use as params.yaml for this refresh (e.g. profiles/tiny.yaml)")
+    rf.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a param, as `dvc exp run -S` (repeatable), e.g. -S pretrain.steps=200")
+    rf.add_argument("--gpu-deployment", help="run GPU stages on this deployment (e.g. fluxforge-gpu-stage/gpu)")
+    rf.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
+    rf.add_argument("--no-commit", action="store_true", help="do not commit params.yaml and dvc.lock")
+    rf.set_defaults(fn=_refresh)
+    dp = sub.add_parser("deploy", help="create the nightly refresh and GPU-stage deployments on a Prefect server")
+    dp.add_argument("--root", default=".", help="the repository the workers run in (a path they can reach)")
+    dp.add_argument("--cron", default="0 3 * * *", help="refresh schedule (default: daily at 03:00)")
+    dp.add_argument("--timezone", default="UTC")
+    dp.add_argument("--cpu-pool", default="fluxforge-cpu")
+    dp.add_argument("--gpu-pool", default="fluxforge-gpu")
+    dp.add_argument("--gpu-pool-type", choices=("process", "kubernetes"), default="process")
+    dp.add_argument("--gpu-job-variables", help='JSON, e.g. \'{"env": {"CUDA_VISIBLE_DEVICES": "0"}}\'')
+    dp.set_defaults(fn=_deploy)
     pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
     pr.add_argument("name", help="registered model name, e.g. fluxforge-lm")
     pr.add_argument("version", help="version number to promote")

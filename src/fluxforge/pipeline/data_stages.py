@@ -34,18 +34,22 @@ def world(params: Params) -> None:
 
 def ingest(params: Params) -> None:
     ledger = Ledger("ingest")
-    rejected_all = []
+    rejected_all, newest = [], {}
     P.RAW.mkdir(parents=True, exist_ok=True)
     for src in params.data.sources:
         kept, rejected, n_read = read_source(src)
         ledger.add(kept, rejected, n_read)
+        if len(kept):
+            newest[src.name] = pd.to_datetime(kept["timestamp"], utc=True).max().isoformat()
         write_docs(kept, P.RAW / f"{src.name}.parquet")
         rejected_all.append(rejected)
         log.info("ingest %s: %d documents, %d rejected", src.name, len(kept), len(rejected))
     rejected = pd.concat(rejected_all, ignore_index=True)
     write_docs(rejected, P.RAW / "rejected.parquet", rejected=True)
     ledger.check()
-    write_json(P.METRICS / "ingest.json", ledger.to_dict())
+    # the newest document's time: a refresh reports how many documents arrived after the previous watermark
+    watermark = {"watermark": max(newest.values()) if newest else None, "watermark_by_source": newest}
+    write_json(P.METRICS / "ingest.json", {**ledger.to_dict(), **watermark})
     with stage_run("ingest", params, params.data.model_dump(include={"sources"}),
                    inputs={s.name: source_files(s) for s in params.data.sources}) as run:
         run.metrics(_headline(ledger.to_dict()))

@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows and deployments over the DVC DAG."""

@@ -1,0 +1,206 @@
+"""Prefect 3 flows over the DVC DAG: one refresh of the model, stage by stage.
+
+The graph comes from ``dvc.yaml`` through DVC's own API, never redefined here. Each stage
+is one Prefect task running ``dvc repro --single-item <stage>``; DVC decides whether the
+stage is up to date (no Prefect result caching on top). DVC calls on one repository are
+serialised with a file lock, so two refreshes of the same checkout wait for each other
+instead of failing on DVC's own lock. Transient failures are retried with backoff; a
+stage that fails with a FluxForge message (bad params, broken contract, bad input) fails
+at once, because it would fail the same way again.
+
+A refresh is: pull the data from the DVC remote, apply the params profile and overrides,
+reproduce every stage (evaluate, register, gate and promote are DAG stages, so a failed
+refresh never moves ``champion``), push, then commit ``params.yaml`` and ``dvc.lock`` with
+a message naming the registered model version. GPU stages (pretrain, continual, distill)
+run on another deployment (a GPU work pool) when ``gpu_deployment`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
+
+from fluxforge.orchestrate.params import apply_params
+
+GPU_STAGE = re.compile(r"^(pretrain|continual@.+|distill)$")
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited non-zero; the message carries the end of its log."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# A stage that reports a readable FluxForge failure (bad params, broken contract, bad input) fails the
+# same way on every try; anything else (a lock held, a storage hiccup, a killed process) is worth a retry.
+_DETERMINISTIC = re.compile(r"fluxforge: stage '[^']+' (not started|failed:)")
+
+
+def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
+    exc = state.data
+    return not isinstance(exc, StageFailed) or exc.transient
+
+
+def dag_stages(root: Path | str = ".") -> list[str]:
+    """Stage names of dvc.yaml in dependency order (foreach items expanded), via DVC's graph."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+@contextlib.contextmanager
+def repo_lock(root: Path | str) -> Iterator[None]:
+    """One DVC command at a time per repository, across processes (DVC itself would fail, not wait)."""
+    path = Path(root) / ".dvc" / "tmp" / "fluxforge-flow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _env() -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)  # stage commands call `python`: use this environment's
+    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient,
+      cache_policy=NONE, task_run_name="dvc:{stage}")
+def repro_stage(root: str, stage: str) -> str:
+    """Reproduce one stage; return 'ran' or 'up to date'."""
+    logger = get_run_logger()
+    with repo_lock(root):
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=_env(),
+                              capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}", transient=not _DETERMINISTIC.search(out))
+    status = "ran" if re.search(r"Running stage", out) else "up to date"
+    logger.info("%s: %s", stage, status)
+    return status
+
+
+@task(cache_policy=NONE, task_run_name="dvc:{direction}")
+def sync(root: str, direction: str) -> str:
+    """``dvc pull`` / ``dvc push`` against the repository's default remote (with retries inside)."""
+    from fluxforge import storage
+
+    with repo_lock(root):
+        summary = storage.pull(root) if direction == "pull" else storage.push(root)
+    get_run_logger().info("dvc %s: %s", direction, summary)
+    return str(summary)
+
+
+@flow(name="fluxforge-gpu-stage", log_prints=True)
+def gpu_stage(root: str, stage: str) -> str:
+    """One GPU stage on a GPU machine; its outputs go to the DVC remote so the refresh can pull them."""
+    from fluxforge import storage
+
+    status = repro_stage(root, stage)
+    if status == "ran" and storage.remote_url(root):
+        sync(root, "push")
+    return status
+
+
+def _run_on_gpu(root: str, stage: str, deployment: str) -> str:
+    from prefect.deployments import run_deployment
+
+    from fluxforge import storage
+
+    fr = run_deployment(name=deployment, parameters={"root": root, "stage": stage}, as_subflow=True, timeout=None)
+    if not fr.state or not fr.state.is_completed():
+        name = fr.state.name if fr.state else "unknown"
+        raise StageFailed(f"GPU stage '{stage}' on deployment {deployment} ended {name}: "
+                          f"{fr.state.message if fr.state else ''}", transient=False)
+    if storage.remote_url(root):
+        sync(root, "pull")
+    return f"ran on {deployment}"  # the subflow's own return value is not persisted across machines
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _new_documents(root: Path, since: str | None) -> int | None:
+    """Raw documents newer than the previous refresh's watermark (None on the first refresh)."""
+    if not since:
+        return None
+    import pandas as pd
+
+    raw = [f for f in (root / "data" / "raw").glob("*.parquet") if f.name != "rejected.parquet"]
+    if not raw:
+        return 0
+    ts = pd.concat([pd.read_parquet(f, columns=["timestamp"]) for f in raw])["timestamp"]
+    return int((pd.to_datetime(ts, utc=True) > pd.Timestamp(since)).sum())
+
+
+@task(cache_policy=NONE)
+def commit_lock(root: str, message: str) -> str | None:
+    """Commit params.yaml and dvc.lock if they changed; return the new commit id."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+    git("add", "--", "params.yaml", "dvc.lock")
+    if git("diff", "--cached", "--quiet").returncode == 0:
+        return None
+    done = git("commit", "-m", message)
+    if done.returncode:
+        raise RuntimeError(f"git commit failed in {root}: {done.stderr.strip() or done.stdout.strip()}")
+    return git("rev-parse", "HEAD").stdout.strip()
+
+
+@flow(name="fluxforge-refresh", log_prints=True)
+def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | None = None,
+            gpu_deployment: str | None = None, push: bool = True, commit: bool = True) -> dict:
+    """One model refresh; the first failure stops it with its message and leaves ``champion`` where it was."""
+    from fluxforge import storage
+
+    logger = get_run_logger()
+    rootp = Path(root).resolve()
+    remote = storage.remote_url(rootp)
+    if remote:
+        sync(str(rootp), "pull")
+    changed = apply_params(rootp, profile, overrides or [])
+    if changed:
+        logger.info("params: %s", "; ".join(changed))
+    before = _read(rootp / "metrics" / "ingest.json").get("watermark")
+    stages: dict[str, str] = {}
+    for stage in dag_stages(rootp):
+        if gpu_deployment and GPU_STAGE.match(stage):
+            stages[stage] = _run_on_gpu(str(rootp), stage, gpu_deployment)
+        else:
+            stages[stage] = repro_stage(str(rootp), stage)
+    after = _read(rootp / "metrics" / "ingest.json").get("watermark")
+    reg = _read(rootp / "metrics" / "register.json")
+    result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},
+              "model": {k: reg.get(k) for k in ("model_name", "version", "promoted", "reasons")}}
+    if reg and stages.get("register") == "ran":
+        verdict = "promoted to champion" if reg["promoted"] else "challenger, not promoted"
+        logger.info("registry: %s v%s %s", reg["model_name"], reg["version"], verdict)
+        for line in reg.get("reasons", []):
+            logger.info("  gate: %s", line)
+    if remote and push:
+        sync(str(rootp), "push")  # before the commit: a committed dvc.lock always has its data in the remote
+    if commit:
+        what = (f"{reg['model_name']} v{reg['version']} ({'champion' if reg['promoted'] else 'challenger, not promoted'})"
+                if reg and stages.get("register") == "ran" else "no new model version")
+        result["commit"] = commit_lock(str(rootp), f"refresh: {what}")
+    return result
