@@ -78,3 +78,37 @@ def test_deployments_read_back_with_pool_schedule_and_job_variables(prefect_api,
     assert gpu.work_pool_name == "fluxforge-gpu" and gpu.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
     assert not gpu.schedules
     assert gpu_pool.type == "process" and "env" in gpu_pool.base_job_template["variables"]["properties"]
+
+
+def test_a_gpu_stage_runs_through_the_gpu_pool_on_a_worker(prefect_api, tmp_path):
+    """The GPU deployment is picked up by a real process worker polling the GPU pool, which runs the stage."""
+    import signal
+    import sys
+    import time
+
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from fluxforge.orchestrate.deploy import DeploySpec, deploy
+    from pipeline_repo import BIN
+
+    repo = make_repo(tmp_path / "gpu")
+    deploy(DeploySpec(root=repo, gpu_job_variables={"env": {"FLUXFORGE_POOL_MARK": "gpu-worker"}}))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
+    log = tmp_path / "worker.log"
+    with open(log, "w") as fh:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "fluxforge-gpu",
+                                   "--type", "process"], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        run = run_deployment("fluxforge-gpu-stage/gpu", parameters={"root": str(repo), "stage": "world"},
+                             timeout=300, poll_interval=1, as_subflow=False)
+        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log.read_text()[-3000:]}"
+        assert time.monotonic() - t0 < 300
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert run.work_pool_name == "fluxforge-gpu"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "world" in lock["stages"] and (repo / "data" / "world").is_dir()
