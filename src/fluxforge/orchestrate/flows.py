@@ -111,11 +111,18 @@ def sync(root: str, direction: str) -> str:
 
 @flow(name="fluxforge-gpu-stage", log_prints=True)
 def gpu_stage(root: str, stage: str) -> str:
-    """One GPU stage on a GPU machine; its outputs go to the DVC remote so the refresh can pull them."""
+    """One GPU stage on a GPU machine, in its own checkout ``root``.
+
+    With a DVC remote, the stage's inputs are pulled first and its outputs pushed after, so the
+    GPU machine needs no shared filesystem with the machine running the refresh.
+    """
     from fluxforge import storage
 
+    remote = storage.remote_url(root)
+    if remote:
+        sync(root, "pull")
     status = repro_stage(root, stage)
-    if status == "ran" and storage.remote_url(root):
+    if status == "ran" and remote:
         sync(root, "push")
     return status
 
@@ -125,7 +132,8 @@ def _run_on_gpu(root: str, stage: str, deployment: str) -> str:
 
     from fluxforge import storage
 
-    fr = run_deployment(name=deployment, parameters={"root": root, "stage": stage}, as_subflow=True, timeout=None)
+    # no root: the deployment's own (the GPU machine's checkout) applies
+    fr = run_deployment(name=deployment, parameters={"stage": stage}, as_subflow=True, timeout=None)
     if not fr.state or not fr.state.is_completed():
         name = fr.state.name if fr.state else "unknown"
         raise StageFailed(f"GPU stage '{stage}' on deployment {deployment} ended {name}: "
