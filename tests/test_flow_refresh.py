@@ -22,15 +22,21 @@ def prefect_api(tmp_path_factory):
         yield
 
 
-def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp_path, tiny_repo):
+SECRET = "fake-secret-Zq8v2LmN4pXw"  # planted in the environment of the whole refresh
+
+
+def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp_path, tiny_repo, monkeypatch):
     from flows.refresh import dag_stages, refresh
 
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fake-key-id")
     flow_repo = make_repo(tmp_path / "flow")
     stages = dag_stages(flow_repo)
     assert stages[0] == "world" and stages[-1] == "report"
     assert stages.index("continual@slice2022") < stages.index("continual@cyber") < stages.index("distill")
 
-    result = refresh(str(flow_repo))
+    state = refresh(str(flow_repo), return_state=True)
+    result = state.result()
     assert list(result["stages"]) == stages and set(result["stages"].values()) == {"ran"}
     flow_hashes = cached_out_hashes(yaml.safe_load((flow_repo / "dvc.lock").read_text()))
     _, plain_hashes = tiny_repo  # the same pipeline and params, reproduced by plain `dvc repro`
@@ -46,6 +52,17 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     again = refresh(str(flow_repo))
     assert set(again["stages"].values()) == {"up to date"} and again["commit"] is None
     assert again["watermark"]["new_documents"] == 0
+
+    # the planted secret is nowhere: not in dvc.lock or params, MLflow's store, or the flow run's Prefect logs
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert len(logs) > 10 and not any(SECRET in log.message for log in logs)
+    for path in ("dvc.lock", "params.yaml", "mlflow.db"):
+        assert SECRET.encode() not in (flow_repo / path).read_bytes(), path
+    assert not any(SECRET.encode() in f.read_bytes() for f in (flow_repo / "mlruns").rglob("*") if f.is_file())
 
 
 def test_a_failing_stage_stops_the_flow_with_its_message(prefect_api, tmp_path):
