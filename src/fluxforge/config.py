@@ -86,7 +86,7 @@ class WorldConfig(_Strict):
 class Source(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]  # becomes data/raw/<name>.parquet
     format: Literal["world", "jsonl"] = "world"
-    path: str
+    path: str  # a folder (world), a glob of local files, or s3://BUCKET/PREFIX (every *.jsonl object under it)
     text_field: str = "text"
     url_field: str = "url"
     timestamp_field: str = "timestamp"

@@ -99,7 +99,22 @@ class IngestError(FluxForgeError, ValueError):
     """A source that cannot be read at all (missing path, no files)."""
 
 
+def source_inputs(src: Source) -> list[tuple[Path, str]]:
+    """(local file, the name error messages use) for every input of a source; S3 prefixes are staged first."""
+    if src.path.startswith("s3://"):
+        from fluxforge import paths as P
+        from fluxforge.data.s3 import stage_prefix
+
+        staged = stage_prefix(src.path, P.DATA / ".s3-staging" / src.name)
+        if not staged:
+            raise IngestError(f"source '{src.name}': no .jsonl objects under {src.path}")
+        return staged
+    return [(f, str(f)) for f in source_files(src)]
+
+
 def source_files(src: Source) -> list[Path]:
+    if src.path.startswith("s3://"):
+        return [f for f, _ in source_inputs(src)]
     if src.format == "world":
         root = Path(src.path) / "sources"
         files = sorted(root.glob("*.jsonl"))
@@ -115,14 +130,14 @@ def source_files(src: Source) -> list[Path]:
 def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Read a source into (documents, rejected rows, records read). Bad lines are rejected, never skipped."""
     rows, bad, n_read = [], [], 0
-    for file in source_files(src):
+    for file, label in source_inputs(src):
         sub = f"{src.name}/{file.stem}" if src.format == "world" else src.name
         with open(file, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
                 n_read += 1
-                where = f"{file}:{lineno}"
+                where = f"{label}:{lineno}"
                 try:
                     rec = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError:

@@ -31,6 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
+from fluxforge.config import load_params
 from fluxforge.orchestrate.params import apply_params
 
 GPU_STAGE = re.compile(r"^(pretrain|continual@.+|distill)$")
@@ -84,12 +85,12 @@ def _env() -> dict[str, str]:
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient,
       cache_policy=NONE, task_run_name="dvc:{stage}")
-def repro_stage(root: str, stage: str) -> str:
-    """Reproduce one stage; return 'ran' or 'up to date'."""
+def repro_stage(root: str, stage: str, force: bool = False) -> str:
+    """Reproduce one stage (``force``: even if DVC sees no change); return 'ran' or 'up to date'."""
     logger = get_run_logger()
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     with repo_lock(root):
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=_env(),
-                              capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     if proc.returncode:
         raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}", transient=not _DETERMINISTIC.search(out))
@@ -190,12 +191,15 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
     if changed:
         logger.info("params: %s", "; ".join(changed))
     before = _read(rootp / "metrics" / "ingest.json").get("watermark")
+    # DVC cannot see new objects under an S3 prefix (not a dependency it tracks): read remote sources every
+    # refresh. If nothing new arrived, ingest writes the same tables and everything downstream stays up to date.
+    remote_sources = any(s.path.startswith("s3://") for s in load_params(rootp / "params.yaml").data.sources)
     stages: dict[str, str] = {}
     for stage in dag_stages(rootp):
         if gpu_deployment and GPU_STAGE.match(stage):
             stages[stage] = _run_on_gpu(str(rootp), stage, gpu_deployment)
         else:
-            stages[stage] = repro_stage(str(rootp), stage)
+            stages[stage] = repro_stage(str(rootp), stage, force=stage == "ingest" and remote_sources)
     after = _read(rootp / "metrics" / "ingest.json").get("watermark")
     reg = _read(rootp / "metrics" / "register.json")
     result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},

@@ -1,0 +1,71 @@
+"""Source files under an S3 prefix (AWS or any S3-compatible store), staged locally for ingest.
+
+Objects are listed page by page (a prefix may hold millions of keys) and downloaded once:
+a manifest of ETags next to the staged copies lets a rerun skip what has not changed.
+The endpoint comes from ``FLUXFORGE_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``; credentials
+only from the environment, an AWS profile or a role (boto3's own chain), never from params.
+botocore retries throttling and connection errors itself ("standard" mode, 5 attempts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fluxforge.errors import DataError
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix")."""
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise DataError(f"'{url}' is not an S3 URL (s3://BUCKET/PREFIX)")
+    return bucket, prefix
+
+
+def endpoint() -> str | None:
+    return os.environ.get("FLUXFORGE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+
+
+def _client():  # noqa: ANN202 - a boto3 S3 client
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint(), config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def stage_prefix(url: str, dest: Path, suffix: str = ".jsonl", page_size: int = 1000) -> list[tuple[Path, str]]:
+    """Download every ``*suffix`` object under ``url`` into ``dest``; return (local path, s3 URL) sorted by key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_url(url)
+    dest = Path(dest)
+    manifest_file = dest / ".manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    client, staged = _client(), []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                 PaginationConfig={"PageSize": page_size})
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if not key.endswith(suffix):
+                    continue
+                local = dest / key
+                if manifest.get(key) != obj["ETag"] or not local.exists():
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = local.with_name(local.name + ".part")
+                    client.download_file(bucket, key, str(tmp))
+                    os.replace(tmp, local)
+                    manifest[key] = obj["ETag"]
+                staged.append((local, f"s3://{bucket}/{key}"))
+    except (BotoCoreError, ClientError) as err:
+        where = f" at {endpoint()}" if endpoint() else ""
+        raise DataError(f"cannot read {url}{where}: {str(err).splitlines()[0]}. Check the bucket and prefix, that the "
+                        "endpoint is reachable, and the credentials in the environment (AWS_ACCESS_KEY_ID/...)") from None
+    finally:
+        dest.mkdir(parents=True, exist_ok=True)
+        manifest_file.write_text(json.dumps(manifest, indent=1))
+    return sorted(staged, key=lambda s: s[1])
