@@ -153,6 +153,8 @@ def _refresh(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a first start migrates a fresh database: Prefect's 20 s default is too short on a 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from fluxforge.orchestrate.flows import StageFailed, refresh
 
     try:
@@ -160,6 +162,12 @@ def _refresh(args: argparse.Namespace) -> int:
                          push=not args.no_push, commit=not args.no_commit)
     except (FluxForgeError, StageFailed) as err:
         print(f"refresh failed; champion unchanged.\n{err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if "Prefect API server" not in str(err):
+            raise
+        print(f"refresh did not start: {err}\nPoint PREFECT_API_URL at a running server (prefect server start), or "
+              "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS for the temporary one.", file=sys.stderr)
         return 1
     ran = [s for s, v in result["stages"].items() if v != "up to date"]
     print(f"refresh done: {len(ran)} of {len(result['stages'])} stages ran ({', '.join(ran) or 'none'})")
