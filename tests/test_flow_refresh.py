@@ -49,6 +49,16 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     assert result["commit"] and result["model"]["promoted"] is True
     assert result["watermark"]["after"] and result["watermark"]["new_documents"] is None  # first refresh: no watermark before
 
+    from fluxforge.orchestrate.flows import stages_to_run
+
+    assert stages_to_run(flow_repo) == set()
+    report_code = flow_repo / "src" / "fluxforge" / "eval" / "report.py"
+    original = report_code.read_text()
+    report_code.write_text(original + "\n# edited\n")
+    assert stages_to_run(flow_repo) == {"report"}
+    assert stages_to_run(flow_repo, force={"ingest"}) == set(stages) - {"world"}  # ingest and everything after it
+    report_code.write_text(original)
+
     again = refresh(str(flow_repo))
     assert set(again["stages"].values()) == {"up to date"} and again["commit"] is None
     assert again["watermark"]["new_documents"] == 0
