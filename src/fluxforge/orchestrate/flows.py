@@ -75,7 +75,8 @@ def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
     from dvc.repo import Repo
 
     with repo_lock(root), Repo(str(root)) as repo:
-        changed = set(repo.status()) | set(force)
+        # DVC names a stage "path/to/dvc.yaml:name" when called from another directory
+        changed = {k.rsplit(":", 1)[-1] for k in repo.status()} | set(force)
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         by_name = {st.name: st for st in graph.nodes}
         return {n for c in changed if c in by_name for n in [c, *(st.name for st in nx.ancestors(graph, by_name[c]))]}
