@@ -18,13 +18,11 @@ run on another deployment (a GPU work pool) when ``gpu_deployment`` is given.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -32,6 +30,7 @@ from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
 from fluxforge.config import load_params
+from fluxforge.io import file_lock
 from fluxforge.orchestrate.params import apply_params
 
 GPU_STAGE = re.compile(r"^(pretrain|continual@.+|distill)$")
@@ -82,17 +81,9 @@ def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
         return {n for c in changed if c in by_name for n in [c, *(st.name for st in nx.ancestors(graph, by_name[c]))]}
 
 
-@contextlib.contextmanager
-def repo_lock(root: Path | str) -> Iterator[None]:
+def repo_lock(root: Path | str) -> contextlib.AbstractContextManager[None]:
     """One DVC command at a time per repository, across processes (DVC itself would fail, not wait)."""
-    path = Path(root) / ".dvc" / "tmp" / "fluxforge-flow.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(root) / ".dvc" / "tmp" / "fluxforge-flow.lock")
 
 
 def _env() -> dict[str, str]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from fluxforge.errors import FluxForgeError
+from fluxforge.io import file_lock
 
 HISTORY_TAG = "fluxforge.champion_history"
 HISTORY_KEEP = 30  # MLflow caps a tag value at 5000 characters; ~120 per entry
@@ -41,16 +40,8 @@ def lock_path(tracking_uri: str) -> Path:
     return Path.home() / ".cache" / "fluxforge" / "locks" / f"{key}.promote.lock"
 
 
-@contextlib.contextmanager
-def registry_lock(tracking_uri: str) -> Iterator[None]:
-    path = lock_path(tracking_uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def registry_lock(tracking_uri: str) -> contextlib.AbstractContextManager[None]:
+    return file_lock(lock_path(tracking_uri))
 
 
 def _client():  # noqa: ANN202
