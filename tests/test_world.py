@@ -40,7 +40,10 @@ def test_documents_have_url_timestamp_and_slices(world):
     docs = [r for f in (world / "sources").glob("*.jsonl") for r in read_jsonl(f)]
     assert {d["domain"] for d in docs} == {"general", "cyber"}
     hosts = {d["url"].split("/")[2] for d in docs}
-    assert len(hosts) == 4
+    from fluxforge.world import HOSTS
+    from fluxforge.world.templates import BLOCKED_HOSTS
+
+    assert hosts == set(HOSTS.values()) | set(BLOCKED_HOSTS)  # the planted blocked_url mirrors add their hosts
     years = {d["timestamp"][:4] for d in docs}
     assert years == {"2021", "2022", "2023", "2024"}
 
@@ -96,3 +99,20 @@ def test_every_changed_fact_question_offers_the_old_value(world):
     for q in changed:
         prev = facts[(facts.subject == q["subject"]) & (facts.relation == q["relation"]) & (facts.year_to < int(q["slice"][-4:]))]
         assert set(prev["object"]) & set(q["options"]), q["id"]
+
+
+def test_new_planted_defects_are_labelled_and_shaped_for_their_filter(world):
+    from fluxforge.world.templates import BLOCKED_HOSTS, PII_EMAILS, PII_IPS, PII_PHONES
+
+    docs = {r["doc_id"]: r for f in (world / "sources").glob("*.jsonl") for r in read_jsonl(f)}
+    labels = pd.read_parquet(world / "labels.parquet").set_index("doc_id")
+    for kind in ("foreign", "blocked_url", "pii"):
+        assert (labels["defect"] == kind).sum() > 0, kind
+    for i in labels.index[labels["defect"] == "blocked_url"]:
+        assert docs[i]["url"].split("/")[2] in BLOCKED_HOSTS
+    for i in labels.index[labels["defect"] == "pii"]:
+        assert any(s in docs[i]["text"] for s in (*PII_EMAILS, *PII_PHONES, *PII_IPS))
+    for i in labels.index[labels["defect"] == "foreign"]:
+        assert len(docs[i]["text"].split()) >= 50 and " the " not in docs[i]["text"]  # long enough; not English
+    clean = [docs[i]["text"] for i in labels.index[labels["defect"] == "none"]]
+    assert not any(s in t for t in clean for s in (*PII_EMAILS, *PII_IPS))

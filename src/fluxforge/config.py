@@ -9,17 +9,20 @@ ignored key is a silently ignored experiment.
 from __future__ import annotations
 
 import fnmatch
+import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fluxforge.errors import FluxForgeError
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 DOMAINS = ("general", "cyber")
 
@@ -61,6 +64,9 @@ class DefectRates(_Strict):
     toxic: Fraction = 0.02
     exact_dup: Fraction = 0.03
     near_dup: Fraction = 0.03
+    foreign: Fraction = 0.02        # a document in German, Spanish or French
+    blocked_url: Fraction = 0.02    # a clean paraphrase served from a blocked host
+    pii: Fraction = 0.02            # emails, phone numbers and IPs inserted into a clean document
 
 
 class WorldConfig(_Strict):
@@ -84,52 +90,330 @@ class WorldConfig(_Strict):
 
 # ----------------------------------------------------------------------------- data
 class Source(_Strict):
+    """One input of the ingest stage: where its files are, how to read them, what its fields are called.
+
+    The readers are in :mod:`fluxforge.data.connectors`. Field names (``*_field``) are JSON keys for
+    ``jsonl``/``world`` and column names for ``parquet``/``csv``/``tsv``; a column named here must exist in
+    every file (``null`` means "this source has none"), so a typo stops the stage instead of silently
+    giving every row a fallback. ``txt`` files have no fields: each document is a file or a block of one.
+    """
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]  # becomes data/raw/<name>.parquet
-    format: Literal["world", "jsonl"] = "world"
-    path: str  # a folder (world), a glob of local files, or s3://BUCKET/PREFIX (every *.jsonl object under it)
-    text_field: str = "text"
-    url_field: str = "url"
-    timestamp_field: str = "timestamp"
-    domain: Literal["general", "cyber", "auto"] = "auto"
+    format: Literal["world", "jsonl", "parquet", "txt", "csv", "tsv"] = "world"
+    # a folder (world: <path>/sources/*.jsonl), a local file, a folder, a glob, or s3://BUCKET/PREFIX
+    # (every object under it whose name ends like the format's files, e.g. .jsonl / .jsonl.gz)
+    path: Annotated[str, Field(min_length=1)]
+    text_field: Annotated[str, Field(min_length=1)] = "text"
+    url_field: str | None = "url"  # null: URLs are file://<absolute path>#<record number>
+    timestamp_field: str | None = "timestamp"  # null: every document gets default_timestamp
+    id_field: str | None = None  # a native id, kept in meta as "native_id" (world: doc_id)
+    domain: Literal["general", "cyber", "auto"] = "auto"  # auto: each record's "domain" field/column
     licence: str = "generated"
+    txt_split: Literal["file", "blank_lines", "heading"] | None = None  # txt only: what one document is
+    heading_pattern: str | None = None  # txt_split heading: a line matching this regex (re.search) starts a document
+    default_timestamp: str | None = None  # ISO date for records without a timestamp (txt files have none)
+    # longer documents are rejected (reason too_long) before they reach filters built for prose
+    max_doc_chars: PosInt = 1_000_000
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dates_as_text(cls, raw: Any) -> Any:
+        """YAML reads an unquoted 2024-01-01 as a date; accept it as the ISO string it was written as."""
+        import datetime as dt
 
-class FilterConfig(_Strict):
-    """Thresholds default to the published values (see fluxforge.data.filters)."""
-
-    min_doc_words: NonNegInt = 50
-    max_doc_words: PosInt = 100_000
-    min_avg_word_length: float = 3.0
-    max_avg_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1
-    min_alpha_words_ratio: Fraction = 0.8
-    min_stop_words: NonNegInt = 2
-    dup_line_frac: Fraction = 0.3
-    dup_line_char_frac: Fraction = 0.2
-    toxic_max_hits: NonNegInt = 0
-    remove_boilerplate_lines: bool = True
+        if isinstance(raw, dict) and isinstance(raw.get("default_timestamp"), dt.date):
+            raw = {**raw, "default_timestamp": raw["default_timestamp"].isoformat()}
+        return raw
 
     @model_validator(mode="after")
-    def _bounds(self) -> FilterConfig:
-        if self.min_doc_words > self.max_doc_words:
-            raise ValueError(f"min_doc_words ({self.min_doc_words}) is above max_doc_words ({self.max_doc_words})")
-        if self.min_avg_word_length > self.max_avg_word_length:
-            raise ValueError("min_avg_word_length is above max_avg_word_length")
+    def _consistent(self) -> Source:
+        import datetime as dt
+        import re
+
+        if self.default_timestamp is not None:
+            try:
+                dt.datetime.fromisoformat(self.default_timestamp)
+            except ValueError:
+                raise ValueError(f"default_timestamp must be an ISO date such as 2024-01-01 or "
+                                 f"2024-01-01T00:00:00Z, got {self.default_timestamp!r}") from None
+        if self.format == "txt":
+            if self.txt_split is None:
+                raise ValueError("format txt needs txt_split: file (one document per file), blank_lines "
+                                 "(one per blank-line separated block) or heading (one per heading_pattern line)")
+            if self.domain == "auto":
+                raise ValueError("format txt has no per-record domain: set domain to general or cyber")
+            if self.default_timestamp is None:
+                raise ValueError("format txt has no timestamps: set default_timestamp (an ISO date such as "
+                                 "2024-01-01), or every document would be rejected")
+        elif self.txt_split is not None:
+            raise ValueError(f"txt_split applies to format txt only (this source is {self.format})")
+        if self.timestamp_field is None and self.default_timestamp is None:
+            raise ValueError("timestamp_field is null: set default_timestamp, or every document would be rejected")
+        if (self.txt_split == "heading") != (self.heading_pattern is not None):
+            raise ValueError("heading_pattern is required with txt_split: heading, and used by nothing else")
+        if self.heading_pattern is not None:
+            try:
+                re.compile(self.heading_pattern)
+            except re.error as err:
+                raise ValueError(f"heading_pattern {self.heading_pattern!r} is not a valid regular expression: {err}") from None
         return self
 
 
+class _Section(_Strict):
+    enabled: bool = True
+
+
+class GopherQualityConfig(_Section):
+    """Gopher quality rules (Rae et al. 2021, App. A; datatrove GopherQualityFilter defaults)."""
+
+    min_doc_words: NonNegInt = 50
+    max_doc_words: PosInt = 100_000
+    min_avg_word_length: NonNegFloat = 3.0
+    max_avg_word_length: PosFloat = 10.0
+    max_symbol_word_ratio: NonNegFloat = 0.1
+    max_bullet_lines_ratio: Fraction = 0.9
+    max_ellipsis_lines_ratio: Fraction = 0.3
+    min_alpha_words_ratio: Fraction = 0.8
+    min_stop_words: NonNegInt = 2
+    stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GopherQualityConfig:
+        if self.min_doc_words > self.max_doc_words:
+            raise ValueError(f"min_doc_words ({self.min_doc_words}) is above max_doc_words ({self.max_doc_words})")
+        if self.min_avg_word_length > self.max_avg_word_length:
+            raise ValueError(f"min_avg_word_length ({self.min_avg_word_length}) is above max_avg_word_length ({self.max_avg_word_length})")
+        if self.min_stop_words > len(set(self.stop_words)):
+            raise ValueError(f"min_stop_words ({self.min_stop_words}) exceeds the {len(set(self.stop_words))} distinct stop_words")
+        return self
+
+
+def _ngram_table(v: dict[int, float], lo: int, hi: int, key: str) -> dict[int, float]:
+    for n, frac in v.items():
+        if not lo <= n <= hi or not 0 <= frac <= 1:
+            raise ValueError(f"{key}: entry {n}: {frac} must have {lo} <= n <= {hi} and 0 <= fraction <= 1")
+    return v
+
+
+class GopherRepetitionConfig(_Section):
+    """Gopher repetition rules (Rae et al. 2021, Table A1; datatrove GopherRepetitionFilter defaults)."""
+
+    dup_line_frac: Fraction = 0.3
+    dup_para_frac: Fraction = 0.3
+    dup_line_char_frac: Fraction = 0.2
+    dup_para_char_frac: Fraction = 0.2
+    top_n_grams: dict[int, float] = Field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    dup_n_grams: dict[int, float] = Field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+
+    @model_validator(mode="after")
+    def _tables(self) -> GopherRepetitionConfig:
+        _ngram_table(self.top_n_grams, 1, 20, "top_n_grams")
+        _ngram_table(self.dup_n_grams, 1, 50, "dup_n_grams")
+        return self
+
+
+class C4Config(_Section):
+    """C4 rules (Raffel et al. 2020; datatrove C4QualityFilter), terminal punctuation off as in FineWeb's recipe."""
+
+    filter_no_terminal_punct: bool = False
+    min_words_per_line: NonNegInt = 3
+    max_word_length: PosInt = 1000
+    remove_citations: bool = True
+    filter_javascript: bool = True
+    filter_policy: bool = True
+    filter_lorem_ipsum: bool = True
+    filter_curly_bracket: bool = True
+    min_num_sentences: NonNegInt = 5
+
+
+class FineWebConfig(_Section):
+    """FineWeb quality rules (Penedo et al. 2024; datatrove FineWebQualityFilter defaults)."""
+
+    line_punct_thr: Fraction = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: Fraction = 0.67
+    short_line_length: NonNegInt = 30
+    char_duplicates_ratio: Fraction = 0.01
+    new_line_ratio: NonNegFloat = 0.3
+
+
+class LanguageConfig(_Section):
+    """Language id with py3langid (model inside the wheel); threshold as datatrove's LanguageFilter."""
+
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(default_factory=lambda: ["en"], min_length=1)
+    threshold: Fraction = 0.65
+    label_only: bool = False  # tag language/language_score into meta but drop nothing
+
+
+class ToxicityConfig(_Section):
+    """Toxicity: drop the toxic docs, or (``inverse``, Longpre et al. 2023) drop the LEAST toxic fraction."""
+
+    mode: Literal["drop", "inverse"] = "drop"
+    method: Literal["lexicon", "classifier"] = "lexicon"
+    lexicon_path: str | None = None  # default: the shipped src/fluxforge/data/assets/toxic_lexicon.txt
+    extra_words: list[str] = Field(default_factory=list)
+    max_hits: NonNegInt = 0  # lexicon/drop: more hits than this drops the doc (C4's bad-words rule: any hit)
+    classifier: str | None = None  # "package.module:callable", texts -> scores in [0, 1]
+    threshold: Fraction = 0.5  # classifier/drop: a score above this drops the doc
+    inverse_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # inverse: share of least toxic docs to drop
+
+    @model_validator(mode="after")
+    def _classifier_given(self) -> ToxicityConfig:
+        if self.method == "classifier" and not (self.classifier and re.fullmatch(r"[\w.]+:[\w.]+", self.classifier)):
+            raise ValueError(f"method 'classifier' needs classifier: 'package.module:callable' (got {self.classifier!r})")
+        return self
+
+
+class PIIConfig(_Section):
+    """Regex PII redaction (a transform: never drops a doc); placeholders as dolma's span replacement."""
+
+    emails: bool = True
+    ips: bool = True
+    phones: bool = True
+    ip_public_only: bool = False  # datatrove redacts only global IPv4; a CTI corpus leaks internal ranges too
+    email_placeholder: str = "<EMAIL>"
+    ip_placeholder: str = "<IP_ADDRESS>"
+    phone_placeholder: str = "<PHONE>"
+
+
+class URLBlocklistConfig(_Section):
+    """Block by URL (datatrove URLFilter): domains, hard banned words, >= soft_word_threshold soft words."""
+
+    use_shipped_list: bool = True  # src/fluxforge/data/assets/url_blocklist.txt
+    domains: list[str] = Field(default_factory=list)
+    banned_words: list[str] = Field(default_factory=list)
+    soft_banned_words: list[str] = Field(default_factory=list)
+    soft_word_threshold: PosInt = 2
+
+
+class AgeConfig(_Section):
+    """Tag ``age_days`` = reference_date - timestamp into meta; never drops."""
+
+    reference_date: str = "2025-01-01"
+
+    @field_validator("reference_date", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> str:
+        if isinstance(v, date):  # YAML reads an unquoted 2025-01-01 as a date
+            return v.isoformat()
+        try:
+            return date.fromisoformat(v).isoformat()
+        except (TypeError, ValueError):
+            raise ValueError(f"reference_date must be an ISO date YYYY-MM-DD, got {v!r}") from None
+
+
+class BoilerplateConfig(_Section):
+    """Strip navigation/cookie/share lines (a transform: never drops a doc)."""
+
+
+class FilterConfig(_Strict):
+    """One section per filter, each switchable with ``enabled``; defaults are the published values.
+
+    Sources per section are cited in :mod:`fluxforge.data.filters`.
+    """
+
+    boilerplate: BoilerplateConfig = BoilerplateConfig()
+    url_blocklist: URLBlocklistConfig = URLBlocklistConfig()
+    language: LanguageConfig = LanguageConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebConfig = FineWebConfig()
+    toxicity: ToxicityConfig = ToxicityConfig()
+    pii: PIIConfig = PIIConfig()
+    age: AgeConfig = AgeConfig()
+
+
 class DedupConfig(_Strict):
+    """MinHash-LSH near-dedup; ngram/bands/rows/seed are datatrove's MinhashConfig defaults (5-grams, 14 x 8, seed 1).
+
+    ``confirm`` decides how an LSH candidate pair becomes a duplicate: ``"signature"`` when the
+    share of agreeing MinHash values is >= ``threshold`` (an estimate with std ~0.035 at 112
+    hashes), ``"jaccard"`` when the exact word n-gram Jaccard is >= ``threshold`` (NeMo Curator's
+    optional false-positive check, ``jaccard_threshold=0.8``).
+    """
+
     ngram: PosInt = 5
     bands: PosInt = 14
     rows: PosInt = 8
     threshold: Fraction = 0.8
     seed: int = 1
+    confirm: Literal["signature", "jaccard"] = "jaccard"
+
+
+RAW_COLUMNS = ("id", "text", "source", "url", "timestamp", "domain", "meta")
+
+
+class ContractConfig(_Strict):
+    """A great-expectations suite at one data boundary (fluxforge.data.contracts builds it from these keys)."""
+
+    columns: list[str] = Field(default_factory=lambda: list(RAW_COLUMNS))  # exactly these columns
+    not_null: list[str] = Field(default_factory=lambda: ["id", "text", "source", "timestamp", "domain"])
+    unique: list[str] = Field(default_factory=lambda: ["id"])
+    min_rows: NonNegInt = 1
+    text_chars: Annotated[list[NonNegInt], Field(min_length=2, max_length=2)] = [1, 5_000_000]  # inclusive len(text)
+    domains: list[str] = Field(default_factory=lambda: list(DOMAINS))
+    timestamps: Annotated[list[str], Field(min_length=2, max_length=2)] = ["1990-01-01", "2100-01-01"]  # ISO, inclusive
+    url_pattern: str = r"^(?:https?|s3|file)://"
+
+    @model_validator(mode="after")
+    def _check(self) -> ContractConfig:
+        import re
+
+        from pandas import Timestamp
+
+        for key in ("not_null", "unique"):
+            unknown = sorted(set(getattr(self, key)) - set(self.columns))
+            if unknown:
+                raise ValueError(f"{key} names columns that are not in `columns`: {unknown}")
+        if self.text_chars[0] > self.text_chars[1]:
+            raise ValueError(f"text_chars: minimum {self.text_chars[0]} is above maximum {self.text_chars[1]}")
+        try:
+            lo, hi = (Timestamp(t) for t in self.timestamps)
+        except ValueError as err:
+            raise ValueError(f"timestamps must be two ISO dates: {err}") from None
+        if lo > hi:
+            raise ValueError(f"timestamps: {self.timestamps[0]} is after {self.timestamps[1]}")
+        try:
+            re.compile(self.url_pattern)
+        except re.error as err:
+            raise ValueError(f"url_pattern is not a valid regex: {err}") from None
+        return self
+
+
+class ContractsConfig(_Strict):
+    """One contract per boundary: raw (after ingest, before filtering) and curated (what training reads)."""
+
+    raw: ContractConfig = ContractConfig()
+    curated: ContractConfig = ContractConfig(text_chars=[50, 1_000_000])
+
+
+class RunnerConfig(_Strict):
+    """How a data step runs over shards (:mod:`fluxforge.data.shards`); it never changes the step's output."""
+
+    # process: a local process pool (Prefect ProcessPoolTaskRunner), for CPU-bound steps; thread: a thread
+    # pool (GIL-bound; I/O steps); serial: one shard after another in this process, no Prefect; dask / ray:
+    # a cluster through the prefect-dask / prefect-ray packages (not installed by default)
+    kind: Literal["process", "thread", "serial", "dask", "ray"] = "process"
+    workers: PosInt | None = None  # null: os.cpu_count()
+    # documents per shard. A corpus of at most this many documents is one shard, run in this process without
+    # Prefect: starting Prefect costs seconds (a server) to tens of seconds (a temporary one); see shards.py
+    shard_docs: PosInt = 5000
+    address: str | None = None  # dask scheduler / ray head address; null: a temporary local cluster
+
+    @model_validator(mode="after")
+    def _address_for_clusters(self) -> RunnerConfig:
+        if self.address is not None and self.kind not in ("dask", "ray"):
+            raise ValueError(f"address is used by kind dask or ray only, not '{self.kind}'")
+        return self
 
 
 class DataConfig(_Strict):
     sources: list[Source] = Field(min_length=1)
+    contracts: ContractsConfig = ContractsConfig()
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
+    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataConfig:

@@ -43,6 +43,27 @@ def _funnel(funnel: dict, ledgers: dict) -> str:
     return _img(fig) + f"<table><tr><th>stage</th><th>reason</th><th>rejected</th></tr>{rows}</table>"
 
 
+def _quality(quality: dict) -> str:
+    """Recall per planted defect, precision per filter, and who caught what (filter x defect)."""
+    if not quality:
+        return "<p>No planted labels (not a world source).</p>"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in quality.items() if isinstance(v, float))
+    conf = quality.get("confusion.filter", {})
+    defects = sorted({d for row in conf.values() for d in row})
+    head = "".join(f"<th>{html.escape(d)}</th>" for d in defects)
+    body = "".join(f"<tr><td>{html.escape(f)}</td>" + "".join(f"<td>{row.get(d, '')}</td>" for d in defects) + "</tr>"
+                   for f, row in sorted(conf.items()))
+    table = f"<table><tr><th>filter \\ planted defect</th>{head}</tr>{body}</table>" if conf else ""
+    alone = _load(P.METRICS / "filter_quality.json")
+    alone_rows = "".join(
+        f"<tr><td>{html.escape(f)}</td><td>{r['rejected']}</td><td>{r.get('precision', float('nan')):.3f}</td><td>"
+        + ", ".join(f"{k.removeprefix('recall.')} {v:.3f}" for k, v in r.items() if k.startswith("recall.")) + "</td></tr>"
+        for f, r in alone.items())
+    alone_table = (f"<p>Each filter alone on the raw documents:</p><table><tr><th>filter</th><th>rejected</th>"
+                   f"<th>precision</th><th>recall of its target defect</th></tr>{alone_rows}</table>") if alone else ""
+    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table><p>Who caught what in the chain:</p>{table}{alone_table}"
+
+
 def _curves(params: Params) -> str:
     """Training loss of each model in DAG order, continual tasks placed after the model they start from."""
     order = ["pretrain", *[f"continual_{t}" for t in params.continual.tasks]]
@@ -173,7 +194,6 @@ def build_report(params: Params, out: Path) -> Path:
     ev = _load(P.METRICS / "eval.json")
     ledgers = {s: _load(P.METRICS / f"{s}.json") for s in ("ingest", "filter", "dedup")}
     quality = _load(P.METRICS / "data_quality.json")
-    q_rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" for k, v in quality.items())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>FluxForge run report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
@@ -182,7 +202,7 @@ th{{background:#f3f3f3}}td:first-child{{text-align:left}}img{{max-width:100%}}</
 <p>Final model: <code>{html.escape(ev.get('final', '?'))}</code>; {ev.get('questions', 0)} multiple-choice questions;
 experiment <code>{html.escape(params.tracking.experiment)}</code>.</p>
 <h2>1. Data funnel</h2>{_funnel(_load(P.METRICS / 'funnel.json'), ledgers)}
-<h3>Filters and dedup against the planted labels</h3><table><tr><th>metric</th><th>value</th></tr>{q_rows}</table>
+<h3>Filters and dedup against the planted labels</h3>{_quality(quality)}
 <h2>2. Training</h2>{_curves(params)}
 <h3>Capability during training</h3>{_capability(params)}
 <h2>3. Evaluation</h2>{_accuracy(ev)}

@@ -284,6 +284,22 @@ class WorldBuilder:
                 a, b = self.rng.sample(lex, 2)
                 d.text += f"\nOnly a {a} would believe this, what a {b}."
                 d.defect = "toxic"
+        for d in pick(rates.blocked_url):  # the same clean text, served from a blocked host
+            if d.defect == "none":
+                d.url = f"https://{self.rng.choice(T.BLOCKED_HOSTS)}/{d.url.split('/', 3)[3]}"
+                d.defect = "blocked_url"
+        for d in pick(rates.pii):  # kept, but these strings must be redacted
+            if d.defect == "none":
+                line = self.rng.choice(T.PII_LINES).format(email=self.rng.choice(T.PII_EMAILS),
+                                                           phone=self.rng.choice(T.PII_PHONES), ip=self.rng.choice(T.PII_IPS))
+                d.text += "\n" + line
+                d.defect = "pii"
+        for _ in range(round(rates.foreign * n)):
+            base = self.rng.choice(clean)
+            lang = self.rng.choice(sorted(T.FOREIGN_SENTENCES))
+            sents = T.FOREIGN_SENTENCES[lang]
+            body = " ".join(self.rng.sample(sents, len(sents)))  # all eight, in a random order: ~100 words
+            self._new_doc(body, "news", base.domain, int(base.slice.rsplit("-", 1)[1]), "intl", defect="foreign")
         for kind, rate in (("repetition", rates.repetition), ("symbols", rates.symbols), ("short", rates.short), ("lorem", rates.lorem)):
             for _ in range(round(rate * n)):
                 base = self.rng.choice(clean)

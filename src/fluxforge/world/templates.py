@@ -199,3 +199,50 @@ LOREM = (
     "dolore eu fugiat nulla pariatur."
 )
 SHORT_DOCS = ["Click here for more.", "Page not found.", "Thanks, see you soon!", "Read more below.", "Subscribe now."]
+
+# Documents in another language (the language filter's target): whole paragraphs, long enough to pass
+# every other rule, so a language filter is the only thing that can catch them.
+FOREIGN_SENTENCES = {
+    "de": [
+        "Die Stadtverwaltung hat am Montag neue Pläne für den Ausbau des öffentlichen Verkehrs vorgestellt.",
+        "Nach Angaben des Unternehmens wurden im vergangenen Jahr deutlich mehr Fahrzeuge verkauft als erwartet.",
+        "Viele Bürger wünschen sich mehr Grünflächen und sichere Radwege in der Innenstadt.",
+        "Der Bericht zeigt, dass die Nachfrage nach erneuerbaren Energien weiter steigt.",
+        "Die Forscher wollen ihre Ergebnisse im Herbst auf einer Konferenz in Berlin vorstellen.",
+        "Außerdem soll die Zusammenarbeit mit den Schulen der Region ausgebaut werden.",
+        "Kritiker bemängeln jedoch, dass die Kosten des Projekts noch nicht geklärt sind.",
+        "Die meisten Teilnehmer der Umfrage waren mit dem Angebot zufrieden.",
+    ],
+    "es": [
+        "El ayuntamiento presentó el lunes un nuevo plan para mejorar el transporte público de la ciudad.",
+        "Según la empresa, las ventas del último año fueron mucho mayores de lo esperado.",
+        "Muchos vecinos piden más parques y carriles para bicicletas en el centro.",
+        "El informe muestra que la demanda de energías renovables sigue creciendo en todo el país.",
+        "Los investigadores presentarán sus resultados en una conferencia en Madrid este otoño.",
+        "Además, la universidad quiere ampliar su colaboración con las escuelas de la región.",
+        "Sin embargo, los críticos señalan que todavía no se conocen los costes del proyecto.",
+        "La mayoría de los participantes de la encuesta se mostraron satisfechos con el servicio.",
+    ],
+    "fr": [
+        "La mairie a présenté lundi un nouveau projet pour améliorer les transports publics de la ville.",
+        "Selon l'entreprise, les ventes de l'année dernière ont été bien plus élevées que prévu.",
+        "De nombreux habitants souhaitent davantage d'espaces verts et de pistes cyclables dans le centre.",
+        "Le rapport montre que la demande d'énergies renouvelables continue de croître dans tout le pays.",
+        "Les chercheurs présenteront leurs résultats lors d'une conférence à Lyon cet automne.",
+        "En outre, l'université veut renforcer sa coopération avec les écoles de la région.",
+        "Les critiques soulignent toutefois que le coût du projet n'est pas encore connu.",
+        "La plupart des participants à l'enquête se sont déclarés satisfaits du service.",
+    ],
+}
+# Mirrors on a blocked host (the URL block list's target): the text itself is clean.
+BLOCKED_HOSTS = ["free-casino-mirror.example", "warez-copies.example"]
+# Personal data planted into otherwise clean documents (the PII redactor's target): the document is kept,
+# these strings must not survive in it. 81.2.x / 2a02:c7f are globally routable (datatrove only redacts those).
+PII_EMAILS = ["jane.doe@mailhost.example.com", "k.ostrander@fluxworld-mail.net", "press-office@zorvex-corp.com"]
+PII_PHONES = ["+1 415 555 0134", "(212) 555-0199", "+44 20 7946 0958"]
+PII_IPS = ["81.2.69.160", "2a02:c7f:7e26:a500::15", "91.198.174.192"]
+PII_LINES = [
+    "For questions, write to {email} or call {phone}.",
+    "The press contact is {email}; the office phone is {phone}.",
+    "Logs show the request came from {ip}; contact {email} for details.",
+]
