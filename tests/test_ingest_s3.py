@@ -1,14 +1,23 @@
-"""Ingest from an S3 prefix through a real S3-compatible server process (moto): pages, staging, errors."""
+"""Ingest from an S3 prefix through a real S3-compatible server process (moto): pages, staging, retries, errors."""
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fluxforge.config import Source
-from fluxforge.data.documents import read_source
+from fluxforge.data.documents import read_source, source_files
 from fluxforge.errors import DataError
 
 pytestmark = pytest.mark.slow  # shares the session's S3 server process
@@ -37,7 +46,7 @@ def test_every_page_of_a_prefix_is_ingested_and_bad_lines_name_the_object(s3_env
         client.put_object(Bucket=bucket, Key=f"landing/2024/part-{f}.jsonl", Body=body.encode())
     client.put_object(Bucket=bucket, Key="landing/2024/README.txt", Body=b"not a source file")
     real = s3.stage_prefix
-    monkeypatch.setattr(s3, "stage_prefix", lambda url, dest: real(url, dest, page_size=2))
+    monkeypatch.setattr(s3, "stage_prefix", lambda url, dest, suffixes: real(url, dest, suffixes, page_size=2))
     src = Source(name="feed", format="jsonl", path=f"s3://{bucket}/landing/2024/", domain="cyber")
     kept, rejected, n_read = read_source(src)
     assert (len(kept), len(rejected), n_read) == (15, 1, 16)
@@ -55,6 +64,113 @@ def test_unreachable_store_or_missing_bucket_is_one_clear_error(s3_env, monkeypa
     _, bucket, _ = s3_env
     with pytest.raises(DataError, match=r"cannot read s3://no-such-bucket/x.*Check the bucket"):
         read_source(Source(name="feed", format="jsonl", path="s3://no-such-bucket/x/"))
+    monkeypatch.setenv("FLUXFORGE_S3_MAX_ATTEMPTS", "2")  # the message is the point here, not the backoff
     monkeypatch.setenv("FLUXFORGE_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(DataError, match=r"cannot read s3://.* at http://127.0.0.1:9"):
         read_source(Source(name="feed", format="jsonl", path=f"s3://{bucket}/landing/"))
+
+
+def _parquet(rows: range) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"body": [f"Report {i} on the Zorvex Gateway." for i in rows],
+                             "link": [f"https://n.example/{i}" for i in rows]}), buf)
+    return buf.getvalue()
+
+
+def test_a_parquet_prefix_stages_only_parquet_objects(s3_env):
+    client, bucket, _ = s3_env
+    client.put_object(Bucket=bucket, Key="tables/p-0.parquet", Body=_parquet(range(3)))
+    client.put_object(Bucket=bucket, Key="tables/deeper/p-1.parquet", Body=_parquet(range(3, 5)))
+    client.put_object(Bucket=bucket, Key="tables/p-2.jsonl", Body=_doc(9).encode())  # another format: not this source's
+    src = Source(name="tables", format="parquet", path=f"s3://{bucket}/tables/", text_field="body", url_field="link",
+                 timestamp_field=None, default_timestamp="2024-03-01", domain="cyber")
+    kept, rejected, n_read = read_source(src)
+    assert (len(kept), len(rejected), n_read) == (5, 0, 5)
+    origins = [json.loads(m)["origin"] for m in kept["meta"]]
+    assert sorted(origins) == sorted([f"s3://{bucket}/tables/deeper/p-1.parquet:row {i}" for i in (1, 2)]
+                                     + [f"s3://{bucket}/tables/p-0.parquet:row {i}" for i in (1, 2, 3)])
+    assert sorted(kept["url"]) == [f"https://n.example/{i}" for i in range(5)]
+    one = [f for f in source_files(src) if f.name == "p-1.parquet"]  # a shard: one staged object, still named by its URL
+    part, _, n_part = read_source(src, files=one)
+    assert n_part == 2 and {json.loads(m)["origin"].rsplit(":", 1)[0] for m in part["meta"]} == {f"s3://{bucket}/tables/deeper/p-1.parquet"}
+
+
+class _FlakyProxy(BaseHTTPRequestHandler):
+    """Forwards to the S3 server, but answers the first ``fail`` GetObject requests with HTTP 503 SlowDown."""
+
+    upstream: str
+    fail: int
+    seen: list[tuple[str, str, int]]
+    lock = threading.Lock()
+
+    def _forward(self) -> None:
+        key_request = self.command == "GET" and urlsplit(self.path).path.strip("/").count("/") >= 1  # /bucket/key
+        with self.lock:
+            refuse = key_request and self.fail > 0
+            if refuse:
+                type(self).fail -= 1
+        if refuse:
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            status, headers = 503, [("Content-Type", "application/xml")]
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            conn = http.client.HTTPConnection(urlsplit(self.upstream).netloc, timeout=30)
+            conn.request(self.command, self.path, body=self.rfile.read(length) if length else None,
+                         headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+            resp = conn.getresponse()
+            body, status = resp.read(), resp.status
+            drop = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+            headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in drop]
+            conn.close()
+        with self.lock:
+            self.seen.append((self.command, self.path, status))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:  # noqa: ANN002 - quiet
+        pass
+
+
+@contextmanager
+def _flaky_proxy(upstream: str, fail: int) -> Iterator[type[_FlakyProxy]]:
+    handler = type("Proxy", (_FlakyProxy,), {"upstream": upstream, "fail": fail, "seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        handler.url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_503_is_retried_by_botocore_and_exhausted_retries_are_one_clear_error(s3_env, monkeypatch):
+    import fluxforge.data.s3 as s3
+
+    client, bucket, _ = s3_env
+    client.put_object(Bucket=bucket, Key="flaky/part-0.jsonl", Body="\n".join(_doc(i) for i in range(4)).encode())
+    src = Source(name="flaky", format="jsonl", path=f"s3://{bucket}/flaky/", domain="cyber")
+    assert s3.client().meta.config.retries == {"total_max_attempts": 5, "mode": "standard"}  # botocore's backoff, not ours
+    with _flaky_proxy(s3_env[0].meta.endpoint_url, fail=2) as proxy:
+        monkeypatch.setenv("FLUXFORGE_S3_ENDPOINT_URL", proxy.url)
+        kept, rejected, n_read = read_source(src)
+    assert (len(kept), len(rejected), n_read) == (4, 0, 4)
+    gets = [status for method, path, status in proxy.seen if method == "GET" and "part-0.jsonl" in path]
+    assert gets == [503, 503, 200]  # two refusals, then the retry that got the object
+
+    monkeypatch.setenv("FLUXFORGE_S3_MAX_ATTEMPTS", "3")
+    with _flaky_proxy(s3_env[0].meta.endpoint_url, fail=10**6) as proxy:
+        monkeypatch.setenv("FLUXFORGE_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(DataError, match=rf"cannot read s3://{bucket}/flaky/ at {proxy.url}: .*SlowDown.*reached max retries: 2.*Check the bucket"):
+            read_source(Source(name="flaky2", format="jsonl", path=f"s3://{bucket}/flaky/", domain="cyber"))
+    gets = [status for method, path, status in proxy.seen if method == "GET" and "part-0.jsonl" in path]
+    assert gets == [503] * 3  # exactly the configured attempts

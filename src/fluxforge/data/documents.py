@@ -1,4 +1,7 @@
-"""The document schema shared by every data stage, and the reader that produces it.
+"""The document schema shared by every data stage, and the entry point that reads sources into it.
+
+:func:`read_source` finds a source's files (staging S3 objects) and hands them to the format's
+reader in :mod:`fluxforge.data.connectors`.
 
 Raw documents: ``id, text, source, url, timestamp, domain, meta`` (ARCHITECTURE.md).
 Every row that enters is either kept or recorded as rejected with ``reason`` and
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fluxforge.config import DOMAINS, Source
+from fluxforge.config import Source
 from fluxforge.errors import FluxForgeError
 
 RAW_SCHEMA = pa.schema([
@@ -96,29 +98,43 @@ def reject(df: pd.DataFrame, reason: str | pd.Series, stage: str) -> pd.DataFram
 
 # ----------------------------------------------------------------------------- reading sources
 class IngestError(FluxForgeError, ValueError):
-    """A source that cannot be read at all (missing path, no files)."""
+    """A source that cannot be read at all (missing path, no files, a file without the named columns)."""
 
 
 def source_inputs(src: Source) -> list[tuple[Path, str]]:
     """(local file, the name error messages use) for every input of a source; S3 prefixes are staged first."""
     if src.path.startswith("s3://"):
-        from fluxforge import paths as P
+        from fluxforge.data.connectors import SUFFIXES
         from fluxforge.data.s3 import stage_prefix
 
-        staged = stage_prefix(src.path, P.DATA / ".s3-staging" / src.name)
+        suffixes = SUFFIXES[src.format]
+        staged = stage_prefix(src.path, staging_dir(src), suffixes)
         if not staged:
-            raise IngestError(f"source '{src.name}': no .jsonl objects under {src.path}")
+            raise IngestError(f"source '{src.name}': no {' / '.join(suffixes)} objects under {src.path}")
         return staged
     return [(f, str(f)) for f in source_files(src)]
 
 
+def staging_dir(src: Source) -> Path:
+    """Where the objects of an S3 source are copied: ``<staging>/<key>``."""
+    from fluxforge import paths as P
+
+    return P.DATA / ".s3-staging" / src.name
+
+
 def source_files(src: Source) -> list[Path]:
+    """The local files of a source: a file, a glob, a folder (files ending like the format's), or staged S3 objects."""
+    from fluxforge.data.connectors import SUFFIXES
+
     if src.path.startswith("s3://"):
         return [f for f, _ in source_inputs(src)]
     if src.format == "world":
         root = Path(src.path) / "sources"
         files = sorted(root.glob("*.jsonl"))
         where = root
+    elif Path(src.path).is_dir():
+        files = sorted(f for f in Path(src.path).rglob("*") if f.is_file() and f.name.endswith(SUFFIXES[src.format]))
+        where = f"{src.path} (no {' / '.join(SUFFIXES[src.format])} files)"
     else:
         files = sorted(Path(p) for p in glob.glob(src.path, recursive=True) if Path(p).is_file())
         where = src.path
@@ -127,65 +143,31 @@ def source_files(src: Source) -> list[Path]:
     return files
 
 
-def read_source(src: Source) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Read a source into (documents, rejected rows, records read). Bad lines are rejected, never skipped."""
-    rows, bad, n_read = [], [], 0
-    for file, label in source_inputs(src):
-        sub = f"{src.name}/{file.stem}" if src.format == "world" else src.name
-        with open(file, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                n_read += 1
-                where = f"{label}:{lineno}"
-                try:
-                    rec = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    bad.append(_bad(sub, where, raw, "invalid_utf8"))
-                    continue
-                except json.JSONDecodeError:
-                    bad.append(_bad(sub, where, raw, "invalid_json"))
-                    continue
-                if not isinstance(rec, dict):
-                    bad.append(_bad(sub, where, raw, "not_an_object"))
-                    continue
-                text = rec.get(src.text_field)
-                if not isinstance(text, str) or not text.strip():
-                    bad.append(_bad(sub, where, raw, f"missing_text_field:{src.text_field}"))
-                    continue
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:  # lone surrogates survive json.loads but not UTF-8
-                    bad.append(_bad(sub, where, raw, "invalid_unicode"))
-                    continue
-                url = str(rec.get(src.url_field) or "")
-                domain = src.domain if src.domain != "auto" else str(rec.get("domain") or "general")
-                if domain not in DOMAINS:
-                    bad.append(_bad(sub, where, raw, f"unknown_domain:{domain[:40]}"))
-                    continue
-                meta = {"origin": where, "licence": src.licence}
-                if "doc_id" in rec:
-                    meta["native_id"] = rec["doc_id"]
-                rows.append({
-                    "id": doc_id(sub, url, text), "text": text, "source": sub, "url": url,
-                    "timestamp": rec.get(src.timestamp_field), "domain": domain, "meta": json.dumps(meta),
-                })
-    df = pd.DataFrame(rows, columns=RAW_SCHEMA.names)
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="ISO8601")
-    no_ts = df["timestamp"].isna()
-    dup = df["id"].where(~no_ts).duplicated(keep="first") & ~no_ts  # a bad-timestamp row never shadows a good copy
-    rejected = pd.concat([
-        reject(df[no_ts], "missing_or_bad_timestamp", "ingest"),
-        reject(df[dup & ~no_ts], "duplicate_record", "ingest"),
-        pd.DataFrame(bad, columns=[*RAW_SCHEMA.names, "reason", "stage"]),
-    ], ignore_index=True)
-    return df[~no_ts & ~dup].reset_index(drop=True), rejected, n_read
+def read_source(src: Source, files: list[Path] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Read a source into (documents, rejected rows, records read). Bad records are rejected, never skipped.
+
+    ``files`` reads only those files of the source (from :func:`source_files`), e.g. one shard of it;
+    duplicates are then found within those files only.
+    """
+    from fluxforge.data.connectors import read_files
+
+    inputs = source_inputs(src) if files is None else [(Path(f), _label(src, Path(f))) for f in files]
+    missing = [str(f) for f, _ in inputs if not f.is_file()]
+    if missing:
+        raise IngestError(f"source '{src.name}': input file(s) not found: {', '.join(missing[:5])}")
+    return read_files(src, inputs)
 
 
-def _bad(source: str, where: str, raw: bytes, reason: str) -> dict:
-    return {"id": hashlib.sha1(where.encode()).hexdigest()[:20], "text": raw.decode("utf-8", "replace")[:10_000],
-            "source": source, "url": "", "timestamp": None, "domain": "", "meta": json.dumps({"origin": where}),
-            "reason": reason, "stage": "ingest"}
+def _label(src: Source, file: Path) -> str:
+    """The name a file goes by in messages and origins: its S3 URL when it is a staged object."""
+    if src.path.startswith("s3://"):
+        from fluxforge.data.s3 import split_url
+
+        try:
+            return f"s3://{split_url(src.path)[0]}/{file.relative_to(staging_dir(src)).as_posix()}"
+        except ValueError:
+            pass
+    return str(file)
 
 
 # ----------------------------------------------------------------------------- parquet io

@@ -4,7 +4,9 @@ Objects are listed page by page (a prefix may hold millions of keys) and downloa
 a manifest of ETags next to the staged copies lets a rerun skip what has not changed.
 The endpoint comes from ``FLUXFORGE_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``; credentials
 only from the environment, an AWS profile or a role (boto3's own chain), never from params.
-botocore retries throttling and connection errors itself ("standard" mode, 5 attempts).
+botocore retries throttling, 5xx answers and connection errors itself ("standard" mode: 5 attempts,
+exponential backoff with full jitter, capped at 20 s; FLUXFORGE_S3_MAX_ATTEMPTS changes the count).
+When the attempts are spent, the caller gets one :class:`DataError` naming the URL and the endpoint.
 """
 
 from __future__ import annotations
@@ -29,35 +31,52 @@ def endpoint() -> str | None:
     return os.environ.get("FLUXFORGE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
 
 
-def _client():  # noqa: ANN202 - a boto3 S3 client
+def max_attempts() -> int:
+    """Attempts per request, first one included (botocore's standard-mode default is 3; stores that throttle need more)."""
+    raw = os.environ.get("FLUXFORGE_S3_MAX_ATTEMPTS", "5")
+    if not raw.isdigit() or int(raw) < 1:
+        raise DataError(f"FLUXFORGE_S3_MAX_ATTEMPTS must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def client():  # noqa: ANN201 - a boto3 S3 client
+    """An S3 client whose retries (count and backoff) are botocore's standard mode.
+
+    ``total_max_attempts`` counts the first try; botocore's ``max_attempts`` would count retries only.
+    """
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint(), config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    return boto3.client("s3", endpoint_url=endpoint(),
+                        config=Config(retries={"total_max_attempts": max_attempts(), "mode": "standard"}))
 
 
-def stage_prefix(url: str, dest: Path, suffix: str = ".jsonl", page_size: int = 1000) -> list[tuple[Path, str]]:
-    """Download every ``*suffix`` object under ``url`` into ``dest``; return (local path, s3 URL) sorted by key."""
+def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
+                 page_size: int = 1000) -> list[tuple[Path, str]]:
+    """Download every object under ``url`` whose key ends with one of ``suffixes`` into ``dest``.
+
+    Returns (local path, s3 URL) sorted by key; the local copy is ``dest/<key>``.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_url(url)
     dest = Path(dest)
     manifest_file = dest / ".manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    client, staged = _client(), []
+    s3, staged = client(), []
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
-                                                                 PaginationConfig={"PageSize": page_size})
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                             PaginationConfig={"PageSize": page_size})
         for page in pages:
             for obj in page.get("Contents", []):
                 key = obj["Key"]
-                if not key.endswith(suffix):
+                if not key.endswith(tuple(suffixes)):
                     continue
                 local = dest / key
                 if manifest.get(key) != obj["ETag"] or not local.exists():
                     local.parent.mkdir(parents=True, exist_ok=True)
                     tmp = local.with_name(local.name + ".part")
-                    client.download_file(bucket, key, str(tmp))
+                    s3.download_file(bucket, key, str(tmp))
                     os.replace(tmp, local)
                     manifest[key] = obj["ETag"]
                 staged.append((local, f"s3://{bucket}/{key}"))
