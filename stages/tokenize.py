@@ -2,4 +2,5 @@
 
 from fluxforge.pipeline.runner import main
 
-main("tokenize")
+if __name__ == "__main__":  # a process pool re-imports __main__ in its workers
+    main("tokenize")

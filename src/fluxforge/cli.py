@@ -20,6 +20,7 @@ Typical use:
   fluxforge refresh -S pretrain.steps=200     one refresh through Prefect (pull, repro, promote, push, commit)
   fluxforge deploy                            nightly refresh + GPU-stage deployments on a Prefect server
   fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
+  fluxforge curate --input 'corpus/*.jsonl' --output DIR   ingest, filter and dedup any corpus outside the DAG
 """
 
 
@@ -261,6 +262,47 @@ def _log_eval(args: argparse.Namespace, task, result) -> str:  # noqa: ANN001
         return run.info.run_id
 
 
+CURATE_HELP = """Curate any corpus outside the DAG: ingest -> filter -> dedup, the DAG's own steps.
+
+The input format comes from each file's suffix: .jsonl, .jsonl.gz, .parquet, .txt, .csv, .tsv.
+--config is an optional YAML file with any of these sections (unknown keys are errors):
+  source:   how to read records: text_field, url_field, timestamp_field, id_field, domain,
+            licence, default_timestamp, txt_split, heading_pattern, max_doc_chars, name
+            (.txt files need txt_split, domain and default_timestamp)
+  filters:  as params.yaml data.filters     dedup:  as data.dedup
+  runner:   as data.runner (kind process|thread|serial|dask|ray, workers, shard_docs, address)
+DIR gets curated.parquet, rejected.parquet (every rejected row with its reason and stage) and
+ledger.json (per stage: documents in, kept and rejected per source and reason; the funnel).
+Exit 2 on a bad config, no input files or unreadable input.
+
+Example config:
+  source: {text_field: body, url_field: null, default_timestamp: 2024-01-01, domain: cyber}
+  filters: {language: {enabled: false}}
+  runner: {kind: process, workers: 2, shard_docs: 2000}
+"""
+
+
+def _curate(args: argparse.Namespace) -> int:
+    """Run ingest -> filter -> dedup on --input into --output; bad config or input exits 2 with the reason."""
+    import os
+
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.pipeline.runner import QUIET_ENV, setup_logging
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    setup_logging()
+    from fluxforge.data.curate import curate, main_summary
+
+    try:
+        ledger = curate(args.input, args.output, args.config)
+    except FluxForgeError as err:
+        print(f"fluxforge curate: {err}", file=sys.stderr)
+        return 2
+    print(main_summary(ledger, args.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fluxforge", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -296,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--log", metavar="EXPERIMENT", help="also log the results as a run of this MLflow experiment")
     _registry_args(e)
     e.set_defaults(fn=_eval)
+    cu = sub.add_parser("curate", help="ingest, filter and dedup any corpus (jsonl/parquet/txt/csv/tsv) outside the DAG",
+                        description=CURATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cu.add_argument("--input", required=True, metavar="GLOB",
+                    help="input files: a glob (quote it), a file, or a folder (every supported file under it)")
+    cu.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing)")
+    cu.add_argument("--config", metavar="FILE", help="YAML with optional source/filters/dedup/runner sections")
+    cu.set_defaults(fn=_curate)
     rf = sub.add_parser("refresh", help="one model refresh through Prefect: pull, repro, register/gate/promote, push, commit")
     rf.add_argument("--root", default=".", help="the repository (default: here)")
     rf.add_argument("--profile", help="params file to use as params.yaml for this refresh (e.g. profiles/tiny.yaml)")

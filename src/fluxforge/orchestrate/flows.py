@@ -88,7 +88,22 @@ def repo_lock(root: Path | str) -> contextlib.AbstractContextManager[None]:
 
 def _env() -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)  # stage commands call `python`: use this environment's
-    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    if api := _api_url():  # sharded data stages report to this server instead of starting their own (~40 s)
+        env["PREFECT_API_URL"] = api
+    return env
+
+
+def _api_url() -> str | None:
+    """The Prefect API this flow talks to (a configured server, or the temporary one it started)."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import get_current_settings
+
+    if url := get_current_settings().api.url:
+        return str(url)
+    ctx = FlowRunContext.get()
+    client = getattr(ctx, "client", None) if ctx else None
+    return str(client.api_url).rstrip("/") if client is not None and getattr(client, "api_url", None) else None
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient,

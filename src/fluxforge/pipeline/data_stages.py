@@ -14,7 +14,6 @@ from fluxforge.config import Params
 from fluxforge.data import contracts
 from fluxforge.data.dedup import dedup
 from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, source_files, write_docs
-from fluxforge.data.filters import apply_filters
 from fluxforge.data.quality import score_against_labels
 from fluxforge.io import atomic_dir, write_json
 from fluxforge.track.runs import stage_run
@@ -53,6 +52,7 @@ def ingest(params: Params) -> None:
     with stage_run("ingest", params, params.data.model_dump(include={"sources"}),
                    inputs={s.name: source_files(s) for s in params.data.sources}) as run:
         run.metrics(_headline(ledger.to_dict()))
+        run.artifact(P.METRICS / "ingest.json", "ledger")  # per source and reason
 
 
 def _raw_tables(params: Params) -> list:
@@ -61,7 +61,8 @@ def _raw_tables(params: Params) -> list:
 
 def validate(params: Params) -> None:
     df = read_docs(_raw_tables(params))
-    summary = contracts.validate(df, contracts.raw_expectations(), "raw", P.REPORTS / "contracts" / "raw.json")
+    summary = contracts.validate(df, contracts.expectations(params.data.contracts.raw), "raw",
+                                 P.REPORTS / "contracts" / "raw.json")
     write_json(P.METRICS / "contract_raw.json", summary)
     with stage_run("validate", params, {"contract": "raw"}, inputs={"raw": P.RAW}) as run:
         run.metrics(summary)
@@ -88,17 +89,29 @@ def _headline(metrics: dict) -> dict:
 
 
 def filter_docs(params: Params) -> None:
+    """Filter the raw tables in shards (data.runner); the output equals one ``apply_filters`` over all of them."""
+    from fluxforge.data.curate import filter_in_shards
+
     df = read_docs(_raw_tables(params))
-    kept, rejected, stats = apply_filters(df, params.data.filters)
+    kept, rejected, stats, sharded = filter_in_shards(df, params.data.filters, params.data.runner)
     metrics = _split_stage("filter", len(df), kept, rejected, P.FILTERED, "kept.parquet", stats)
+    sharded.discard()  # outputs are written: the finished shards in data/.work/filter are no longer needed
+    alone = _standalone_quality(params, df)
+    write_json(P.METRICS / "filter_quality.json", alone)
     with stage_run("filter", params, params.data.filters.model_dump(), inputs={"raw": P.RAW}) as run:
         run.metrics(_headline(metrics))
-    log.info("filter: kept %d of %d (%s)", len(kept), len(df), metrics["rejected_by_reason"])
+        run.metrics({"alone": alone})
+        run.artifact(P.METRICS / "filter.json", "ledger")
+    log.info("filter: kept %d of %d in %d shards (%s)", len(kept), len(df), sharded.shards, metrics["rejected_by_reason"])
 
 
 def dedup_docs(params: Params) -> None:
     df = read_docs(P.FILTERED / "kept.parquet")
     kept, rejected, stats = dedup(df, params.data.dedup)
+    # the curated boundary's contract: what training reads. A failure stops here, before data/curated exists.
+    contract = contracts.validate(kept, contracts.expectations(params.data.contracts.curated), "curated",
+                                  P.REPORTS / "contracts" / "curated.json")
+    write_json(P.METRICS / "contract_curated.json", contract)
     metrics = _split_stage("dedup", len(df), kept, rejected, P.CURATED, "curated.parquet", stats)
     quality = _quality(params, kept)
     write_json(P.METRICS / "data_quality.json", quality)
@@ -106,8 +119,25 @@ def dedup_docs(params: Params) -> None:
     with stage_run("dedup", params, params.data.dedup.model_dump(), inputs={"filtered": P.FILTERED}) as run:
         run.metrics(_headline(metrics))
         run.metrics({"quality": quality})
+        run.artifact(P.METRICS / "dedup.json", "ledger")
+        run.artifact(P.REPORTS / "contracts" / "curated.json", "contracts")
     log.info("dedup: kept %d of %d (%d exact, %d near duplicates)", len(kept), len(df),
              stats["exact_duplicates"], stats["near_duplicates"])
+
+
+def _world_labels(params: Params) -> pd.DataFrame | None:
+    labels_path = P.WORLD / "labels.parquet"
+    if not labels_path.exists() or not any(s.format == "world" for s in params.data.sources):
+        return None
+    return pd.read_parquet(labels_path)
+
+
+def _standalone_quality(params: Params, raw: pd.DataFrame) -> dict:
+    """Each filter alone against the world's planted labels ({} without a world source)."""
+    from fluxforge.data.quality import standalone_filter_scores
+
+    labels = _world_labels(params)
+    return {} if labels is None else standalone_filter_scores(raw, labels, params.data.filters)
 
 
 def _quality(params: Params, curated: pd.DataFrame) -> dict:
