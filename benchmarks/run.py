@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("dag_timing", "flow_overhead", "scoring_throughput", "distill_variants")
+SCRIPTS = ("dag_timing", "flow_overhead", "scoring_throughput", "distill_variants", "minhash_vs_datasketch", "filters_vs_datatrove")
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, of {', '.join(SCRIPTS)} (default: all)")
