@@ -99,6 +99,6 @@ def test_teacher_sources_and_filter_bounds_are_checked(tiny_raw):
     with pytest.raises(ParamsError, match="may not be named 'rejected'"):
         parse_params(raw)
     raw = yaml.safe_load(yaml.safe_dump(tiny_raw, sort_keys=False))
-    raw["data"]["filters"]["min_doc_words"] = 10**6
+    raw["data"]["filters"]["gopher_quality"]["min_doc_words"] = 10**6
     with pytest.raises(ParamsError, match="min_doc_words"):
         parse_params(raw)
