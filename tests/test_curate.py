@@ -120,3 +120,35 @@ def test_txt_input_needs_its_source_settings(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("one document\n")
     code, _, err = curate(capsys, "--input", str(tmp_path / "*.txt"), "--output", str(tmp_path / "out"))
     assert code == 2 and "txt_split" in err and "[txt files]" in err
+
+
+def test_slices_curated_one_by_one_with_an_index_never_re_add_a_kept_document(tmp_path, capsys):
+    """Slice 2 repeats (exactly and nearly) documents slice 1 kept: with --index they are rejected as duplicates."""
+    words = "the of and to with that have be".split()
+    docs = [" ".join(f"w{i}x{j}" if j % 3 else words[j % 8] for j in range(80)) + "." for i in range(6)]
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    s1.mkdir(), s2.mkdir()
+    row = lambda t, i, y: json.dumps({"text": t, "url": f"https://x.org/{y}/{i}", "timestamp": f"{y}-01-01"})  # noqa: E731
+    (s1 / "a.jsonl").write_text("\n".join(row(t, i, 2023) for i, t in enumerate(docs[:4])) + "\n")
+    near = docs[1].replace(docs[1].split()[40], "changed")  # one word of 80: Jaccard ~0.88
+    (s2 / "b.jsonl").write_text("\n".join([row(docs[0], 0, 2024), row(near, 1, 2024), row(docs[4], 4, 2024)]) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("filters: {language: {enabled: false}, gopher_repetition: {enabled: false}, "
+                   "gopher_quality: {enabled: false}, c4: {enabled: false}, fineweb: {enabled: false}}\n"
+                   "source: {domain: general}\nrunner: {kind: serial}\n")
+    index = tmp_path / "index"
+    for s in (s1, s2):
+        code, _, err = curate(capsys, "--input", str(s / "*.jsonl"), "--output", str(tmp_path / f"out-{s.name}"),
+                              "--config", str(cfg), "--index", str(index))
+        assert code == 0, err
+    second = pd.read_parquet(tmp_path / "out-s2" / "rejected.parquet")
+    assert sorted(second["reason"]) == ["exact_duplicate", "near_duplicate"]
+    first_ids = set(pd.read_parquet(tmp_path / "out-s1" / "curated.parquet")["id"])
+    assert {json.loads(m)["duplicate_of"] for m in second["meta"]} <= first_ids
+    assert len(pd.read_parquet(tmp_path / "out-s2" / "curated.parquet")) == 1
+    assert json.loads((tmp_path / "out-s2" / "ledger.json").read_text())["index"]["documents"] == 5
+    # the same index with another dedup config is refused by name
+    cfg.write_text(cfg.read_text() + "dedup: {bands: 10}\n")
+    code, _, err = curate(capsys, "--input", str(s2 / "*.jsonl"), "--output", str(tmp_path / "o3"),
+                          "--config", str(cfg), "--index", str(index))
+    assert code == 2 and "different dedup config" in err

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("FLUXFORGE_SAMPLES", ROOT.parent / "shared" / "data"))  # next to the checkout
 
 pytestmark = pytest.mark.skipif(not (DATA / "cyber" / "cti-rcm.tsv").exists(), reason=f"real samples not at {DATA}")
 

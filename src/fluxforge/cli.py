@@ -295,7 +295,7 @@ def _curate(args: argparse.Namespace) -> int:
     from fluxforge.data.curate import curate, main_summary
 
     try:
-        ledger = curate(args.input, args.output, args.config)
+        ledger = curate(args.input, args.output, args.config, index=args.index)
     except FluxForgeError as err:
         print(f"fluxforge curate: {err}", file=sys.stderr)
         return 2
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input files: a glob (quote it), a file, or a folder (every supported file under it)")
     cu.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing)")
     cu.add_argument("--config", metavar="FILE", help="YAML with optional source/filters/dedup/runner sections")
+    cu.add_argument("--index", metavar="DIR", help="a MinHash index of what earlier runs kept: documents duplicating it "
+                    "are rejected, this run's keepers are added (created if missing). Curate time slices one by one "
+                    "with the same --index and a later slice never re-adds what an earlier one kept")
     cu.set_defaults(fn=_curate)
     rf = sub.add_parser("refresh", help="one model refresh through Prefect: pull, repro, register/gate/promote, push, commit")
     rf.add_argument("--root", default=".", help="the repository (default: here)")

@@ -164,9 +164,14 @@ def sources_for(pattern: str, by_format: dict[str, list[Path]], cfg: CurateConfi
 
 
 # ----------------------------------------------------------------------------- the run
-def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None) -> dict:
-    """Ingest, filter and dedup the files of ``pattern`` into ``out_dir``; return the ledger written there."""
-    from fluxforge.data.dedup import dedup
+def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, index: Path | str | None = None) -> dict:
+    """Ingest, filter and dedup the files of ``pattern`` into ``out_dir``; return the ledger written there.
+
+    ``index``: a :class:`~fluxforge.data.dedup.MinHashIndex` folder of what earlier runs kept (created if
+    missing): this run drops duplicates of it and adds its own keepers, so slices curated one after
+    another never re-add a document an earlier slice kept.
+    """
+    from fluxforge.data.dedup import MinHashIndex, dedup
     from fluxforge.data.documents import Ledger, read_source, write_docs
     from fluxforge.io import write_json
 
@@ -192,7 +197,13 @@ def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None) 
     ledgers["filter"].add(kept, bad, len(raw))
     rejected.append(bad)
 
-    curated, bad, stats["dedup"] = dedup(kept, cfg.dedup)
+    idx = None
+    if index is not None:
+        try:
+            idx = MinHashIndex.load(index, cfg.dedup) if (Path(index) / "index.json").exists() else MinHashIndex(cfg.dedup)
+        except ValueError as err:
+            raise CurateError(f"--index {index}: {err}") from None
+    curated, bad, stats["dedup"] = dedup(kept, cfg.dedup, index=idx, update_index=idx is not None)
     ledgers["dedup"].add(curated, bad, len(kept))
     rejected.append(bad)
 
@@ -207,6 +218,9 @@ def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None) 
         "funnel": {"read": ledgers["ingest"].received, **{f"after_{s}": ledgers[s].to_dict()["kept"] for s in STAGES}},
         "shards": {"filter": {"shards": run.shards, "ran": run.ran, "runner": cfg.runner.kind}},
     }
+    if idx is not None:
+        idx.save(index)
+        result["index"] = {"path": str(index), "documents": len(idx)}
     write_json(out_dir / "ledger.json", result)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)  # the outputs are written: no shard is needed again
     return result
