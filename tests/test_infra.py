@@ -284,10 +284,10 @@ def test_launch_script_builds_the_launcher_commands() -> None:
     assert "torchrun --nproc_per_node gpu --nnodes 2 --node_rank 1 --master_addr node1 --master_port 29500 -m stages.distill" in tr
     assert _launch("evaluate", DRY_RUN="1").returncode == 2  # not a training stage
     assert _launch("pretrain", DRY_RUN="1", ZERO="4").returncode == 2
-    engine = any("FLUXFORGE_DEEPSPEED_CONFIG" in p.read_text() for p in (ROOT / "src" / "fluxforge").rglob("*.py"))
-    if not engine:  # several ranks without a DeepSpeed engine would each train a full copy: refused
-        refused = _launch("pretrain")
-        assert refused.returncode == 3 and "issue 4" in refused.stderr
+    # the stages read the config the launcher passes: that is what turns the DeepSpeed engine on in every rank
+    from fluxforge.train.engine import CONFIG_ENV
+
+    assert CONFIG_ENV == "FLUXFORGE_DEEPSPEED_CONFIG" and ds.stdout.startswith(f"{CONFIG_ENV}=")
 
 
 @pytest.mark.parametrize("path", _files(".sh", ".sbatch"), ids=lambda p: str(p.relative_to(INFRA)))

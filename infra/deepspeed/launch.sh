@@ -14,8 +14,10 @@
 #
 # Environment: ZERO (1|2|3, default 2), NUM_GPUS (default: all), LAUNCHER (deepspeed|torchrun), HOSTFILE,
 # MASTER_ADDR, MASTER_PORT (29500), NNODES/NODE_RANK (torchrun), FLUXFORGE_DVC_COMMIT (1: dvc commit after).
-# The stage reads its ZeRO config from FLUXFORGE_DEEPSPEED_CONFIG. Credentials (AWS_*, MLflow) must already be
-# in each node's environment or role: this script never writes them anywhere.
+# Every rank's train() reads the ZeRO config from FLUXFORGE_DEEPSPEED_CONFIG (src/fluxforge/train/engine.py) and
+# trains its share of each batch; params.yaml keeps the global batch size, clipping, AdamW and LR schedule.
+# DS_ACCELERATOR defaults to cuda here; on a CPU-only machine set DS_ACCELERATOR=cpu (and NUM_GPUS = processes).
+# Credentials (AWS_*, MLflow) must already be in each node's environment or role: this script never writes them anywhere.
 set -euo pipefail
 
 stage=${1:?usage: launch.sh STAGE   (pretrain | continual@TASK | distill)}
@@ -29,14 +31,6 @@ case $stage in
   continual@?*) module=(stages.continual "${stage#continual@}") ;;
   *) echo "launch.sh: '$stage' is not a training stage (pretrain, continual@TASK, distill)" >&2; exit 2 ;;
 esac
-
-# Until the training loop has a DeepSpeed engine (issue 4), every rank would train its own full copy and
-# all of them would write the same output directory: refuse rather than waste the GPUs.
-if ! grep -rqs FLUXFORGE_DEEPSPEED_CONFIG "$root/src/fluxforge" && [[ ${DRY_RUN:-0} != 1 && ${FLUXFORGE_FORCE_LAUNCH:-0} != 1 ]]; then
-  echo "launch.sh: src/fluxforge does not read FLUXFORGE_DEEPSPEED_CONFIG yet (no DeepSpeed engine, issue 4);" \
-       "run the stage on one GPU with: dvc repro --single-item $stage" >&2
-  exit 3
-fi
 
 [[ -n ${HOSTFILE:-} ]] && HOSTFILE=$(readlink -f "$HOSTFILE")   # before the cd below
 export FLUXFORGE_DEEPSPEED_CONFIG=$config DS_ACCELERATOR=${DS_ACCELERATOR:-cuda} DVC_NO_ANALYTICS=1

@@ -16,6 +16,7 @@ from fluxforge.data.tokenize import load_streams, load_tokenizer
 from fluxforge.errors import DataError
 from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.track.runs import stage_run
+from fluxforge.train.engine import is_main_process
 from fluxforge.train.loop import Objective, Probe, causal_lm_loss, train
 from fluxforge.train.model import build_model, count_params, load_info, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
@@ -61,6 +62,9 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
     probes: list[dict] = []
     ckpt_dir = P.CHECKPOINTS / name
     parent_info = load_info(P.model_dir(parent)) if parent else {}
+    if not is_main_process():  # another rank of a DeepSpeed job: train its share; rank 0 writes and logs
+        train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name)
+        return
     with stage_run(stage, params, cfg.model_dump(), inputs={"tokens": P.TOKENS, **({"parent": P.model_dir(parent)} if parent else {})}) as run:
         history = train(model, sampler, cfg, objective, checkpoint_dir=ckpt_dir, desc=name,
                         probe=_probe(params, cfg, tok), probe_every=cfg.probe_every, probes=probes)

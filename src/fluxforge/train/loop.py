@@ -1,5 +1,8 @@
 """The training loop: AdamW, warmup + schedule, clipping, progress, periodic resumable checkpoints.
 
+The optimizer step and the checkpoint format belong to an engine (``train/engine.py``): plain torch,
+or DeepSpeed ZeRO 1/2/3 across ranks; the loop, the batches and the history are the same for both.
+
 One loop serves pretraining, continual updates and distillation; they differ only in
 the model they start from, the data mixture and the objective.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,8 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fluxforge.config import TrainConfig
+from fluxforge.train.engine import make_engine
 from fluxforge.train.sampler import MixtureSampler
-from fluxforge.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 Objective = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -76,28 +80,15 @@ def train(
     """
     probes = probes if probes is not None else []
     set_threads()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
+    fingerprint = run_fingerprint(model, sampler, cfg, desc)  # before an engine shards or casts the weights
+    eng = make_engine(model, cfg)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
+    fingerprint += eng.signature
     start, history = 0, []
-    ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
-    fingerprint = run_fingerprint(model, sampler, cfg, desc)
-    state = torch.load(ckpt, weights_only=True) if ckpt and ckpt.exists() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log.warning("ignoring checkpoint %s: it was written by a run with another configuration", ckpt)
-        state = None
+    state = eng.load(checkpoint_dir, fingerprint) if checkpoint_dir else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
         start, history = int(state["step"]), list(state["history"])
         probes[:] = state.get("probes", [])
-        log.warning("resuming %s from checkpoint %s at step %d", desc, ckpt, start)
+        log.warning("resuming %s from checkpoint in %s at step %d", desc, checkpoint_dir, start)
 
     def run_probe(step: int) -> float:
         """Probe if due; return the seconds it took, which are kept out of the training time."""
@@ -117,24 +108,21 @@ def train(
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=2.0,
-               disable=os.environ.get("FLUXFORGE_PROGRESS", "1") == "0", dynamic_ncols=True)
+               disable=os.environ.get("FLUXFORGE_PROGRESS", "1") == "0" or not eng.is_main, dynamic_ncols=True)
     for step in bar:
-        batch = sampler.batch(step)
-        loss = objective(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate ({cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        window_loss += loss.item()
+        batch = eng.shard(sampler.batch(step))  # a rank's rows of the global batch (all of it on one process)
+        loss = objective(eng.model, batch)
+        value = eng.loss_value(loss)  # the global batch's loss, the same on every rank
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{desc}: loss became {value} at step {step}; lower the learning rate ({cfg.lr})")
+        eng.step(loss)
+        window_loss += value
         window_n += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
             tps = window_n * tokens_per_step / max(now - t_window, 1e-9)
-            row = {"step": done, "loss": window_loss / window_n, "lr": sched.get_last_lr()[0],
+            row = {"step": done, "loss": window_loss / window_n, "lr": eng.lr(),
                    "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}")
@@ -142,11 +130,8 @@ def train(
         spent = run_probe(done)
         t0 += spent
         t_window += spent
-        if ckpt and done % checkpoint_every == 0 and done < cfg.steps:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": done, "history": history, "fingerprint": fingerprint, "probes": probes}, tmp)
-            os.replace(tmp, ckpt)
+        if checkpoint_dir and done % checkpoint_every == 0 and done < cfg.steps:
+            eng.save(checkpoint_dir, {"step": done, "history": history, "fingerprint": fingerprint, "probes": probes})
+    eng.finish()  # DeepSpeed: full fp32 weights back into `model`, a plain module again
     model.eval()
     return history
