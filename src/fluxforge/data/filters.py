@@ -833,22 +833,11 @@ class PIIRedactor:
         before = t.copy()
         counts = {"pii_emails": 0, "pii_ips": 0, "pii_phones": 0}
 
-        def sub(pattern: re.Pattern, key: str, placeholder: str, valid: Callable[[str], bool] | None = None) -> None:
+        def sub(pattern: re.Pattern, key: str, placeholder: str, valid: Callable[[re.Match], bool] | None = None) -> None:
             nonlocal t
 
             def repl(m: re.Match) -> str:
-                if valid is not None and not valid(m.group(0)):
-                    return m.group(0)
-                counts[key] += 1
-                return placeholder
-
-            t = t.str.replace(pattern, repl, regex=True)
-
-        def sub_match(pattern: re.Pattern, key: str, placeholder: str, valid: Callable[[re.Match], bool]) -> None:
-            nonlocal t
-
-            def repl(m: re.Match) -> str:
-                if not valid(m):
+                if valid is not None and not valid(m):
                     return m.group(0)
                 counts[key] += 1
                 return placeholder
@@ -862,14 +851,17 @@ class PIIRedactor:
                 return False
             return ip.is_global or not c.ip_public_only
 
+        def ipv6_ok(m: re.Match) -> bool:
+            return ip_ok(m.group(0))
+
         def ipv4_ok(m: re.Match) -> bool:
             return ip_ok(m.group(0)) and not looks_like_version(m)
 
         if c.emails:
             sub(_EMAIL, "pii_emails", c.email_placeholder)
         if c.ips:
-            sub(_IPV6, "pii_ips", c.ip_placeholder, ip_ok)
-            sub_match(_IPV4, "pii_ips", c.ip_placeholder, ipv4_ok)
+            sub(_IPV6, "pii_ips", c.ip_placeholder, ipv6_ok)
+            sub(_IPV4, "pii_ips", c.ip_placeholder, ipv4_ok)
         if c.phones:
             sub(_PHONE, "pii_phones", c.phone_placeholder)
         counts["pii_docs_redacted"] = int((t != before).sum())
@@ -885,24 +877,16 @@ def tag_age(timestamps: pd.Series, cfg: AgeConfig) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the chain
+# the chain in FineWeb's order (URL, language, Gopher repetition, Gopher quality, C4, FineWeb), then toxicity
+CHAIN: tuple[tuple[str, type], ...] = (
+    ("url_blocklist", URLBlocklist), ("language", LanguageFilter), ("gopher_repetition", GopherRepetition),
+    ("gopher_quality", GopherQuality), ("c4", C4), ("fineweb", FineWebQuality), ("toxicity", Toxicity),
+)
+
+
 def build_filters(cfg: FilterConfig) -> list:
-    """The enabled filters in FineWeb's order (URL, language, Gopher rep., Gopher quality, C4, FineWeb), then toxicity."""
-    steps: list = []
-    if cfg.url_blocklist.enabled:
-        steps.append(URLBlocklist(cfg.url_blocklist))
-    if cfg.language.enabled:
-        steps.append(LanguageFilter(cfg.language))
-    if cfg.gopher_repetition.enabled:
-        steps.append(GopherRepetition(cfg.gopher_repetition))
-    if cfg.gopher_quality.enabled:
-        steps.append(GopherQuality(cfg.gopher_quality))
-    if cfg.c4.enabled:
-        steps.append(C4(cfg.c4))
-    if cfg.fineweb.enabled:
-        steps.append(FineWebQuality(cfg.fineweb))
-    if cfg.toxicity.enabled:
-        steps.append(Toxicity(cfg.toxicity))
-    return steps
+    """The enabled filters of :data:`CHAIN`, each built from its own section of ``data.filters``."""
+    return [step(getattr(cfg, name)) for name, step in CHAIN if getattr(cfg, name).enabled]
 
 
 def _check_columns(df: pd.DataFrame, cfg: FilterConfig) -> None:
