@@ -90,6 +90,14 @@ class WorldConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------- data
+def _check_regex(what: str, pattern: str) -> None:
+    """A regex from params must compile here, at load time, not deep inside a stage."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{what} is not a valid regular expression: {err}") from None
+
+
 class Source(_Strict):
     """One input of the ingest stage: where its files are, how to read them, what its fields are called.
 
@@ -129,7 +137,6 @@ class Source(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Source:
         import datetime as dt
-        import re
 
         if self.default_timestamp is not None:
             try:
@@ -153,10 +160,7 @@ class Source(_Strict):
         if (self.txt_split == "heading") != (self.heading_pattern is not None):
             raise ValueError("heading_pattern is required with txt_split: heading, and used by nothing else")
         if self.heading_pattern is not None:
-            try:
-                re.compile(self.heading_pattern)
-            except re.error as err:
-                raise ValueError(f"heading_pattern {self.heading_pattern!r} is not a valid regular expression: {err}") from None
+            _check_regex(f"heading_pattern {self.heading_pattern!r}", self.heading_pattern)
         return self
 
 
@@ -359,8 +363,6 @@ class ContractConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ContractConfig:
-        import re
-
         from pandas import Timestamp
 
         for key in ("not_null", "unique"):
@@ -375,10 +377,7 @@ class ContractConfig(_Strict):
             raise ValueError(f"timestamps must be two ISO dates: {err}") from None
         if lo > hi:
             raise ValueError(f"timestamps: {self.timestamps[0]} is after {self.timestamps[1]}")
-        try:
-            re.compile(self.url_pattern)
-        except re.error as err:
-            raise ValueError(f"url_pattern is not a valid regex: {err}") from None
+        _check_regex("url_pattern", self.url_pattern)
         return self
 
 

@@ -12,6 +12,7 @@ import json
 
 import pandas as pd
 
+from fluxforge.config import FilterConfig
 from fluxforge.world.templates import BOILERPLATE_LINES, PII_EMAILS, PII_IPS, PII_PHONES
 
 DOC_DEFECTS = ("repetition", "symbols", "short", "lorem", "toxic", "foreign", "blocked_url")
@@ -88,7 +89,7 @@ FILTER_TARGETS = {
 }
 
 
-def standalone_filter_scores(raw: pd.DataFrame, labels: pd.DataFrame, cfg) -> dict:  # noqa: ANN001 - FilterConfig
+def standalone_filter_scores(raw: pd.DataFrame, labels: pd.DataFrame, cfg: FilterConfig) -> dict:
     """Each enabled filter ALONE on the raw world documents: precision and recall on its target defects.
 
     In the chain a document is charged to the first rule that fails it (the language filter runs first,

@@ -142,12 +142,12 @@ def _standalone_quality(params: Params, raw: pd.DataFrame) -> dict:
 
 def _quality(params: Params, curated: pd.DataFrame) -> dict:
     """Precision/recall of filters + dedup against the world's planted labels (world sources only)."""
-    labels_path = P.WORLD / "labels.parquet"
-    if not labels_path.exists() or not any(s.format == "world" for s in params.data.sources):
+    labels = _world_labels(params)
+    if labels is None:
         return {}
     rejected = pd.concat([read_docs(P.RAW / "rejected.parquet"), read_docs(P.FILTERED / "rejected.parquet"),
                           read_docs(P.CURATED / "rejected.parquet")], ignore_index=True)
-    return score_against_labels(curated, rejected, pd.read_parquet(labels_path))
+    return score_against_labels(curated, rejected, labels)
 
 
 def _funnel() -> dict:
