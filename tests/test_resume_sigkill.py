@@ -41,9 +41,9 @@ def _start(tmp: Path, name: str) -> subprocess.Popen:
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     ref = _start(tmp_path, "ref")
     victim = _start(tmp_path, "victim")
-    state = tmp_path / "ckpt-victim" / "state.pt"
+    ckpt = tmp_path / "ckpt-victim"
     deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline:
+    while not list(ckpt.glob("state-*.pt")) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # somewhere past the first checkpoint, probably mid-way to the next
     victim.send_signal(signal.SIGKILL)

@@ -432,19 +432,35 @@ class TokenizerConfig(_Strict):
 
 # ----------------------------------------------------------------------------- model/train
 class ModelConfig(_Strict):
-    """A Llama-style causal LM, built with HF transformers from these numbers."""
+    """A causal LM (HF transformers): built from these numbers, or a base checkpoint to adapt.
 
+    ``from_pretrained`` names a local HF directory or a hub id ("org/name", optionally "@revision")
+    that is already in the local HF cache (runs never download; see fluxforge.train.model). The
+    checkpoint then defines the architecture and sizes, so setting those here too is an error
+    rather than a silently ignored experiment.
+    """
+
+    architecture: Literal["llama", "qwen2"] = "llama"  # Llama / Qwen2 blocks with the sizes below
     hidden_size: PosInt = 128
     num_layers: PosInt = 4
     num_heads: PosInt = 4
     intermediate_size: PosInt = 384
     max_position_embeddings: PosInt = 256
     init_seed: int = 0
+    from_pretrained: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_sets_sizes(self) -> ModelConfig:
+        shadowed = sorted(self.model_fields_set - {"from_pretrained"}) if self.from_pretrained else []
+        if shadowed:
+            raise ValueError(f"from_pretrained is '{self.from_pretrained}', whose checkpoint defines the architecture, "
+                             f"sizes and weights; remove {shadowed} (they would be ignored)")
         return self
 
 
@@ -514,6 +530,51 @@ class InfiniteSchedule(_Strict):
         return w, at(self.cooldown_end), at(self.constant_end)
 
 
+class MeCoSettings(_Strict):
+    """Metadata conditioning then cooldown (Gao et al. 2025, arXiv 2501.01956; methods.md section 1).
+
+    Each document is trained as ``"URL: <host>\n\n" + text`` with no loss on the metadata tokens, except over
+    the last ``cooldown_fraction`` of the steps, which see plain documents (one optimizer and one LR schedule
+    throughout). Conditional inference prepends the same metadata (fluxforge.train.meco.conditional_prompt).
+    """
+
+    enabled: bool = False
+    cooldown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # MeCo: the last 10% of tokens
+
+
+class CurriculumSettings(_Strict):
+    """Documents in ascending order of quality, the best last (Luo et al. 2025, arXiv 2511.18903; methods.md section 5).
+
+    Quality is the mean unigram log-probability of a document under its own domain's word distribution
+    (fluxforge.train.curriculum.unigram_quality: CCNet's criterion with a unigram), so atypical text comes
+    first. Pair it with a moderate final LR (min_lr_ratio) or with averaging.
+    """
+
+    enabled: bool = False
+
+
+class AveragingSettings(_Strict):
+    """The stage's model is the weighted average of its last ``k`` snapshots, ``every`` steps apart (methods.md section 5)."""
+
+    method: Literal["none", "sma", "ema", "wma"] = "none"
+    k: PosInt = 6  # the summary's "last 6 checkpoints"
+    every: PosInt = 10
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.2  # EMA weight of the newest snapshot (methods.md: ~0.2)
+
+
+class GrowthSettings(_Strict):
+    """G_stack depthwise growth (Du et al. 2024, arXiv 2405.15319; methods.md section 6), pretraining only.
+
+    ``factor`` g > 1: a model with ``model.num_layers / g`` layers trains first, is stacked g times into the
+    configured model, and the grown model trains for the remaining steps (fresh optimizer, as the prts script).
+    ``fraction``: share of the steps the small model takes; null = the paper's growth-timing formula
+    (capped at half the run: the formula extrapolates badly for models this small).
+    """
+
+    factor: PosInt = 1  # 1 = off; the paper's g = 4
+    fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+
 class TrainConfig(_Strict):
     slices: list[str] = Field(min_length=1)  # slice names or globs, e.g. "general-202[1-3]"
     replay: Replay = Replay()
@@ -538,6 +599,42 @@ class TrainConfig(_Strict):
     probe_every: NonNegInt = 0
     probe_questions: PosInt = 64  # per domain
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()  # ZeRO stage 0 (off) | 1 | 2 | 3
+    # How each step runs (src/fluxforge/train/engine.py). batch_size is the global batch; grad_accum splits it
+    # into that many micro-batches (per rank), so the same params train the same model on a smaller device.
+    grad_accum: PosInt = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA (fp16 if no bf16), fp32 on CPU
+    compile: bool = False  # torch.compile the model's forward (worth it on GPU; minutes of compile on CPU)
+    doc_mask: bool = False  # attention and positions stop at document boundaries (src/fluxforge/train/packing.py)
+    checkpoint_every: PosInt = 100  # steps between resumable checkpoints (atomic writes)
+    keep_checkpoints: PosInt = 2  # how many of the newest checkpoints are kept
+    # A new run that starts from another run's model (a continual task): weights | weights_optimizer (AdamW
+    # moments too; the schedule warms up again) | full (and the schedule continues without re-warming:
+    # needs a wsd/infinite/constant schedule). Resuming after a crash is separate and always exact.
+    init_mode: Literal["weights", "weights_optimizer", "full"] = "weights"
+    meco: MeCoSettings = MeCoSettings()
+    curriculum: CurriculumSettings = CurriculumSettings()
+    averaging: AveragingSettings = AveragingSettings()
+    growth: GrowthSettings = GrowthSettings()
+
+    @model_validator(mode="after")
+    def _accumulation_fits(self) -> TrainConfig:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        if self.curriculum.enabled and (self.replay.ratio > 0 or self.meco.enabled):
+            raise ValueError("curriculum orders the documents of `slices` itself; it cannot be combined with "
+                             "replay.ratio > 0 or meco (set replay.ratio: 0.0 and meco.enabled: false)")
+        if self.deepspeed.stage and (self.averaging.method != "none" or self.growth.factor > 1):
+            raise ValueError("averaging and growth need the whole model in one process; they are not supported "
+                             "with deepspeed.stage > 0")
+        if self.averaging.method != "none" and self.averaging.k * self.averaging.every > self.steps:
+            raise ValueError(f"averaging: k ({self.averaging.k}) x every ({self.averaging.every}) steps is more than "
+                             f"the run's {self.steps} steps")
+        if self.init_mode == "full" and self.schedule == "cosine":
+            raise ValueError("init_mode 'full' continues the learning-rate schedule without re-warming, which a "
+                             "cosine schedule cannot do (it has decayed); use schedule wsd, infinite or constant, "
+                             "or init_mode weights_optimizer")
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -635,6 +732,23 @@ class DistillConfig(TrainConfig):
         return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
 
+class StudyConfig(_Strict):
+    """Technique studies on the pretraining data (stage ``study``; methods.md sections 1, 5, 6).
+
+    Each study trains a variant of ``pretrain`` (its slices, model, batch and LR) for ``steps`` steps next to
+    one shared baseline (shuffled data, cosine to min_lr_ratio, trained from scratch) and compares held-out
+    loss and accuracy on the pretraining slices at equal tokens (MeCo, curriculum) or equal compute (growth).
+    """
+
+    studies: list[Literal["meco", "curriculum", "growth"]] = ["meco", "curriculum", "growth"]
+    steps: PosInt = 200
+    meco: MeCoSettings = MeCoSettings(enabled=True)
+    curriculum_min_lr_ratio: Fraction = 0.5  # "moderate decay" (Luo et al.); the baseline keeps pretrain's ratio
+    averaging: AveragingSettings = AveragingSettings(method="ema", k=6, every=10)
+    growth_factor: Annotated[int, Field(ge=2)] = 2
+    growth_compute_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25  # share of the compute the small model uses
+
+
 class EvalConfig(_Strict):
     batch_size: PosInt = 32
     seq_len: PosInt = 128
@@ -670,6 +784,7 @@ class Params(_Strict):
     continual: ContinualConfig
     distill: DistillConfig
     evaluate: EvalConfig = EvalConfig()
+    study: StudyConfig = StudyConfig()
     registry: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     tracking: TrackingConfig = TrackingConfig()
 
@@ -685,7 +800,7 @@ class Params(_Strict):
                         raise ValueError(f"{where}.{field}: '{pat}' matches no slice; known slices: {known}")
             if cfg.replay.ratio > 0 and not cfg.replay.slices:
                 raise ValueError(f"{where}.replay: ratio {cfg.replay.ratio} > 0 but no replay slices given")
-            if cfg.seq_len + 1 > self.model.max_position_embeddings and where != "distill":
+            if not self.model.from_pretrained and cfg.seq_len + 1 > self.model.max_position_embeddings and where != "distill":
                 raise ValueError(f"{where}.seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings")
         teachers = ["final", "pretrain", *[f"continual/{t}" for t in self.continual.tasks]]
         if not self.distill.teachers():

@@ -8,12 +8,14 @@ windows from these streams, so packing is free and the order is fixed by a seed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from fluxforge.errors import DataError
 
@@ -48,6 +50,42 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerFast:
     return wrap(Tokenizer.from_file(str(file)))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def load_pretrained_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """A base model's own tokenizer (Llama, Qwen, ...) from its directory, never from the network.
+
+    A base model only understands the ids of the tokenizer it was trained with, so the pipeline
+    must pack its streams with that tokenizer instead of training one. ``trust_remote_code`` stays
+    off: a tokenizer that needs custom Python from the checkpoint is refused, not executed.
+    Base tokenizers often have no pad token (Llama); the EOS token stands in, which is safe here
+    because packed streams never pad and attention masks hide padding in batched evaluation.
+    A ``tokenizer.json`` saved as a generic fast tokenizer (this pipeline's own, Llama 3's) is
+    loaded exactly as written: transformers 5's AutoTokenizer would otherwise pick a class from
+    config.json's model_type (e.g. Qwen2Tokenizer) and rebuild the pre-tokenizer, changing ids.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir() or not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise DataError(f"{path}: no tokenizer files (one of {list(TOKENIZER_FILES)}) in this model directory")
+    try:
+        settings = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").exists() else {}
+        exact = settings.get("tokenizer_class") in ("PreTrainedTokenizerFast", "TokenizersBackend") \
+            and (path / "tokenizer.json").exists()
+        loader = PreTrainedTokenizerFast if exact else AutoTokenizer
+        tok = loader.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types; re-raised with the path
+        raise DataError(f"{path}: cannot load the model's tokenizer: {err}") from err
+    if tok.eos_token_id is None:
+        raise DataError(f"{path}: the tokenizer has no eos_token; documents are packed with EOS after each one "
+                        f"(set eos_token in {path / 'tokenizer_config.json'})")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def dtype_for(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= 65535 else np.uint32
 
@@ -64,6 +102,26 @@ def encode_stream(tok: PreTrainedTokenizerFast, texts: Sequence[str]) -> np.ndar
         out[pos + len(x)] = eos
         pos += len(x) + 1
     return out
+
+
+# MeCo's --use_short_url (princeton-pli/MeCo datatools/mds_pack_data.py): drop the scheme, keep what comes
+# before the first '/', e.g. https://en.wikipedia.org/wiki/X -> en.wikipedia.org. Any scheme is dropped (MeCo:
+# http/https only), so a file:///... fallback URL has no host; '?' and '#' also end the host (they cannot be in one).
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*://"
+_PATH = r"(?s)[/?#].*$"
+
+
+def short_url(url: str | None) -> str:
+    """The host part of ``url`` that MeCo conditions on; "" when there is no URL (or no host)."""
+    if url is None or (isinstance(url, float) and url != url):  # None or a pandas NaN
+        return ""
+    return re.sub(_PATH, "", re.sub(_SCHEME, "", str(url).strip()))
+
+
+def short_urls(urls: Sequence[str | None] | pd.Series) -> list[str]:
+    """``short_url`` of every URL, vectorised for the tokenize stage's millions of documents."""
+    s = pd.Series(urls, dtype=object).fillna("").astype(str).str.strip()
+    return s.str.replace(_SCHEME, "", regex=True).str.replace(_PATH, "", regex=True).tolist()
 
 
 def load_streams(token_dir: Path | str, slices: Sequence[str]) -> dict[str, np.ndarray]:

@@ -161,3 +161,22 @@ class CurriculumSampler:
     def batch(self, step: int) -> torch.Tensor:
         idx = self.starts(step)[:, None] + np.arange(self.seq_len + 1)
         return torch.from_numpy(self.stream[idx].astype(np.int64))
+
+
+def curriculum_from_streams(streams: Mapping[str, np.ndarray], decode, eos_id: int, seq_len: int,  # noqa: ANN001
+                            batch_size: int, steps: int, seed: int) -> CurriculumSampler:
+    """The curriculum over every document of the given slices, scored against each slice's own domain.
+
+    ``decode(token_arrays) -> texts`` turns documents back into text (a tokenizer's ``batch_decode``), since
+    quality is judged on words. The domain of slice ``general-2023`` is ``general``: each domain's documents
+    are the reference for that domain (:func:`grouped_unigram_quality`), so one domain's vocabulary does not
+    rank another's documents.
+    """
+    docs, groups = [], []
+    for name, stream in streams.items():
+        part = split_documents(np.asarray(stream), eos_id)
+        docs += part
+        groups += [name.split("-")[0]] * len(part)
+    texts = decode([d[:-1].tolist() for d in docs])  # without the EOS
+    refs = {g: [t for t, h in zip(texts, groups) if h == g] for g in set(groups)}
+    return CurriculumSampler(docs, grouped_unigram_quality(texts, groups, refs), seq_len, batch_size, steps, seed)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fluxforge.errors import DataError
 from fluxforge.train.loop import Objective
+from fluxforge.train.sampler import Batch, as_batch
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ def distillation_objective(teachers: Sequence[torch.nn.Module], temperature: flo
         for p in t.parameters():
             p.requires_grad_(False)
 
-    def loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        inputs, labels = batch[:, :-1], batch[:, 1:]
+    def loss(model: torch.nn.Module, batch: Batch | torch.Tensor) -> torch.Tensor:
+        tokens = as_batch(batch).tokens
+        inputs, labels = tokens[:, :-1], tokens[:, 1:]
         logits = model(input_ids=inputs).logits.float()
 
         def compute() -> Targets:

@@ -12,15 +12,22 @@
   weights are gathered back into the caller's module, which is a plain module again: ``save_pretrained``
   writes a normal HF directory whatever the stage was.
 
-Both expose the same small surface (``model``, ``shard``, ``loss_value``, ``step``, ``lr``, ``save``,
-``load``, ``finish``), so the loop does not know which one it drives.
+Both expose the same small surface (``model``, ``micro_batches``, ``autocast``, ``loss_value``, ``backward``,
+``step``, ``lr``, ``save``, ``load``, ``init_from``, ``export_state``, ``finish``), so the loop does not know
+which one it drives.
+
+Precision: the plain engine autocasts the forward pass (bf16 on CUDA, fp16 with a grad scaler where bf16
+is missing, fp32 on CPU unless asked) and keeps fp32 master weights, as torch AMP recommends; under
+DeepSpeed the JSON's ``bf16``/``fp16`` blocks decide, as DeepSpeed users expect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -30,6 +37,7 @@ import torch
 
 from fluxforge.config import TrainConfig
 from fluxforge.errors import FluxForgeError
+from fluxforge.train.sampler import Batch
 from fluxforge.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
@@ -45,17 +53,56 @@ class EngineError(FluxForgeError, ValueError):
 
 
 class Engine(Protocol):
-    model: torch.nn.Module  # what the objective calls: the module itself, or the DeepSpeed engine wrapping it
+    model: torch.nn.Module  # what the objective calls: the module, its compiled form, or the DeepSpeed engine
     signature: str  # joins the run fingerprint: a checkpoint is resumed only by the same engine setup
     is_main: bool
+    device: torch.device
+    compute_dtype: torch.dtype  # what the matmuls run in (for MFU against the right peak)
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def micro_batches(self, batch: Batch) -> list[Batch]: ...
+    def autocast(self) -> contextlib.AbstractContextManager: ...
     def loss_value(self, loss: torch.Tensor) -> float: ...
-    def step(self, loss: torch.Tensor) -> None: ...
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None: ...
+    def step(self) -> None: ...
     def lr(self) -> float: ...
-    def save(self, ckpt_dir: Path, meta: dict) -> None: ...
+    def save(self, ckpt_dir: Path, meta: dict, keep: int = 1) -> None: ...
     def load(self, ckpt_dir: Path, fingerprint: str) -> dict | None: ...
+    def init_from(self, state: dict, mode: str) -> None: ...
+    def export_state(self) -> dict: ...
     def finish(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineError("device: cuda was asked for but torch sees no CUDA device; use device: auto or cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: ``auto`` is bf16 on a CUDA device that has it, else fp16 there, and fp32 on CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise EngineError("precision: fp16 needs a CUDA device (CPU autocast supports bf16); use fp32 or bf16")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def split_rows(batch: Batch, start: int, rows: int, parts: int, device: torch.device) -> list[Batch]:
+    """``parts`` micro-batches of ``rows // parts`` rows each, from rows ``start .. start+rows`` of the batch."""
+    size = rows // parts
+    return [batch.rows(start + i * size, start + (i + 1) * size).to(device) for i in range(parts)]
+
+
+def load_trainer_state(path: Path) -> dict:
+    """A ``trainer.pt`` written by :meth:`PlainEngine.export_state` (tensors only: ``weights_only=True``)."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same explanation
+        raise EngineError(f"{path}: cannot read the training state ({type(err).__name__}: {err}); the file is "
+                          "corrupt or was not written by FluxForge (only tensors and plain values are loaded, "
+                          "never pickled code)") from err
 
 
 def adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -69,63 +116,136 @@ def adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def make_engine(model: torch.nn.Module, cfg: TrainConfig) -> Engine:
-    """The DeepSpeed engine when params or the launcher ask for one, else the plain one."""
+def make_engine(model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> Engine:
+    """The DeepSpeed engine when params or the launcher ask for one, else the plain one.
+
+    ``continuing``: the run continues another run's schedule (init_mode full), so the LR does not re-warm.
+    """
     if cfg.deepspeed.stage or os.environ.get(CONFIG_ENV):
-        return DeepSpeedEngine(model, cfg)
-    return PlainEngine(model, cfg)
+        return DeepSpeedEngine(model, cfg, continuing)
+    return PlainEngine(model, cfg, continuing)
 
 
 # ----------------------------------------------------------------------------- plain torch
 class PlainEngine:
-    """One process, torch AdamW + LambdaLR; checkpoints are one ``state.pt`` (weights, optimizer, scheduler, meta)."""
+    """One process, torch AdamW + LambdaLR + AMP; checkpoints are ``state-<step>.pt`` files, the newest K kept."""
 
     signature = ""
     is_main = True
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
-        self.model, self.grad_clip = model, cfg.grad_clip
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> None:
+        self.device = resolve_device(cfg.device)
+        self.compute_dtype = resolve_precision(cfg.precision, self.device)
+        self.home = next(model.parameters()).device
+        self.module = model.to(self.device)
+        self.model = torch.compile(model) if cfg.compile else model  # shares parameters with self.module
+        self.grad_clip, self.grad_accum = cfg.grad_clip, cfg.grad_accum
         self.opt = adamw(model, cfg)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, continuing=continuing))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch
+    def micro_batches(self, batch: Batch) -> list[Batch]:
+        return split_rows(batch, 0, len(batch), self.grad_accum, self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def loss_value(self, loss: torch.Tensor) -> float:
         return loss.item()
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.opt.step()
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        self.scaler.scale(loss / n_micro if n_micro > 1 else loss).backward()
+
+    def step(self) -> None:
+        self.scaler.unscale_(self.opt)  # clip the true gradients (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
 
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
 
-    def save(self, ckpt_dir: Path, meta: dict) -> None:
-        ckpt = ckpt_dir / "state.pt"
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    def _rng(self) -> dict:
+        return {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})}
+
+    def save(self, ckpt_dir: Path, meta: dict, keep: int = 1) -> None:
+        """Write ``state-<step>.pt`` atomically (tmp + rename), then delete all but the newest ``keep``."""
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = ckpt_dir / f"state-{meta['step']:08d}.pt"
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optim": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    **meta}, tmp)
+        torch.save({"model": self.module.state_dict(), "optim": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": self._rng(), **meta}, tmp)
         os.replace(tmp, ckpt)
+        for old in checkpoints(ckpt_dir)[:-keep]:
+            old.unlink(missing_ok=True)
 
     def load(self, ckpt_dir: Path, fingerprint: str) -> dict | None:
-        ckpt = ckpt_dir / "state.pt"
-        state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
-        if state is not None and state.get("fingerprint") != fingerprint:
+        found = checkpoints(ckpt_dir)
+        if not found:
+            return None
+        ckpt = found[-1]
+        try:
+            state = torch.load(ckpt, weights_only=True, map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - truncated, garbage, or a pickle that is not plain tensors
+            older = f"; {found[-2].name} is the previous one" if len(found) > 1 else ""
+            raise EngineError(f"{ckpt}: the checkpoint cannot be read ({type(err).__name__}: {err}). Delete it to resume "
+                              f"from an older checkpoint{older}, or delete {ckpt_dir} to start the run over") from err
+        if state.get("fingerprint") != fingerprint:
             log.warning("ignoring checkpoint %s: it was written by a run with another configuration", ckpt)
             return None
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optim"])
-            self.sched.load_state_dict(state["sched"])
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
         return state
 
+    def init_from(self, state: dict, mode: str) -> None:
+        """Start a new run from another run's final state: ``weights`` (nothing more to load), ``weights_optimizer``
+        (AdamW moments; this run's own LR schedule, which warms up again) or ``full`` (also RNG; the schedule
+        was built ``continuing``, so it picks up where a wsd/infinite trunk left off without re-warming)."""
+        if mode == "weights":
+            return
+        theirs = state.get("optimizer")
+        if not theirs:
+            raise EngineError(f"init_mode {mode!r}: the parent model has no optimizer state in training_state/ "
+                              "(it was trained by DeepSpeed or before FluxForge saved it); use init_mode: weights")
+        mine = self.opt.state_dict()
+        sizes = [len(g["params"]) for g in mine["param_groups"]], [len(g["params"]) for g in theirs["param_groups"]]
+        if sizes[0] != sizes[1]:
+            raise EngineError(f"init_mode {mode!r}: the parent's optimizer holds parameter groups of sizes {sizes[1]}, "
+                              f"this model needs {sizes[0]} (another architecture); use init_mode: weights")
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for i, st in theirs["state"].items():
+            shape = st["exp_avg"].shape if "exp_avg" in st else None
+            if shape is not None and shape != params[int(i)].shape:
+                raise EngineError(f"init_mode {mode!r}: optimizer state {i} has shape {tuple(shape)} but the parameter "
+                                  f"is {tuple(params[int(i)].shape)}; the parent is another architecture")
+        self.opt.load_state_dict({"state": theirs["state"], "param_groups": mine["param_groups"]})  # keep our LRs
+        if mode == "full" and "rng" in state:
+            torch.set_rng_state(state["rng"]["cpu"])
+
+    def export_state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": self._rng()}
+
     def finish(self) -> None:
-        pass
+        self.module.to(self.home)  # evaluation and saving happen where the model came from (CPU)
+
+
+_STATE = re.compile(r"^state-(\d{8})\.pt$")
+
+
+def checkpoints(ckpt_dir: Path | None) -> list[Path]:
+    """The plain engine's checkpoints in ``ckpt_dir``, oldest first."""
+    if ckpt_dir is None or not Path(ckpt_dir).is_dir():
+        return []
+    return sorted(p for p in Path(ckpt_dir).iterdir() if _STATE.match(p.name))
 
 
 # ----------------------------------------------------------------------------- DeepSpeed
@@ -169,8 +289,17 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     if cfg.batch_size % world_size:
         raise EngineError(f"batch_size {cfg.batch_size} does not split over {world_size} ranks; "
                           f"use a multiple of {world_size}")
-    ours = {"train_batch_size": cfg.batch_size, "train_micro_batch_size_per_gpu": cfg.batch_size // world_size,
-            "gradient_accumulation_steps": 1, "gradient_clipping": cfg.grad_clip}
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise EngineError(f"batch_size {cfg.batch_size} does not split into {world_size} ranks x grad_accum "
+                          f"{cfg.grad_accum} equal micro-batches; use a multiple of {world_size * cfg.grad_accum}")
+    if cfg.precision not in ("auto", "fp32"):
+        raise EngineError(f"precision {cfg.precision!r} with DeepSpeed: set the \"bf16\" or \"fp16\" block in {path} "
+                          "instead (DeepSpeed owns mixed precision and the loss scaler); leave precision: auto")
+    if cfg.compile:
+        raise EngineError("compile: true is not supported with DeepSpeed here; set compile: false")
+    ours = {"train_batch_size": cfg.batch_size,
+            "train_micro_batch_size_per_gpu": cfg.batch_size // (world_size * cfg.grad_accum),
+            "gradient_accumulation_steps": cfg.grad_accum, "gradient_clipping": cfg.grad_clip}
     changed = {k: (raw[k], v) for k, v in ours.items() if k in raw and raw[k] != v}
     if changed:
         log.info("DeepSpeed config %s: params override %s", path, changed)
@@ -209,7 +338,7 @@ def init_distributed() -> None:
 class DeepSpeedEngine:
     """ZeRO 1/2/3 around the caller's module; the same optimizer, schedule and clipping as :class:`PlainEngine`."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> None:
         init_distributed()
         import deepspeed
         import torch.distributed as dist
@@ -218,6 +347,9 @@ class DeepSpeedEngine:
         self.is_main = self.rank == 0
         self.config = deepspeed_config(cfg, self.world)
         self.micro = self.config["train_micro_batch_size_per_gpu"]
+        self.grad_accum = cfg.grad_accum
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        self.compute_dtype = next((dt for k, dt in half.items() if self.config.get(k, {}).get("enabled")), torch.float32)
         self.signature = f"|deepspeed|world={self.world}|{json.dumps(self.config, sort_keys=True)}"
         # what finish() puts back: DeepSpeed moves and (bf16/fp16) casts the module in place
         self.module = model
@@ -225,16 +357,21 @@ class DeepSpeedEngine:
         self.dtypes = {n: p.dtype for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         opt = adamw(model, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing))
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                              config=self.config)
         self.model = self.engine
+        self.device = self.engine.device if isinstance(self.engine.device, torch.device) else torch.device(self.engine.device)
         log.info("DeepSpeed ZeRO-%d, rank %d of %d, micro-batch %d", self.config["zero_optimization"]["stage"],
                  self.rank, self.world, self.micro)
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of the global batch (rank r: rows r*b .. r*b+b-1)."""
-        return batch[self.rank * self.micro : (self.rank + 1) * self.micro].to(self.engine.device)
+    def micro_batches(self, batch: Batch) -> list[Batch]:
+        """This rank's rows of the global batch (rank r: rows r*b*a .. (r+1)*b*a-1), as ``a`` micro-batches of ``b``."""
+        rows = self.micro * self.grad_accum
+        return split_rows(batch, self.rank * rows, rows, self.grad_accum, self.engine.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DeepSpeed casts the module itself (bf16/fp16 blocks of its JSON)
 
     def loss_value(self, loss: torch.Tensor) -> float:
         """The global batch's mean loss (equal shards, so the mean of the ranks' means), the same on every rank."""
@@ -246,19 +383,31 @@ class DeepSpeedEngine:
             value /= self.world
         return value.item()
 
-    def step(self, loss: torch.Tensor) -> None:
-        # backward averages gradients over ranks; step clips (gradient_clipping), steps AdamW and the schedule, zeroes grads
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        # backward scales by 1/gradient_accumulation_steps and averages over ranks; step() acts only on the
+        # last micro-batch of a step (the accumulation boundary): clip, AdamW, schedule, zero grads
         self.engine.backward(loss)
         self.engine.step()
+
+    def step(self) -> None:
+        """Nothing left to do: DeepSpeed stepped at the accumulation boundary inside :meth:`backward`."""
+
+    def init_from(self, state: dict, mode: str) -> None:
+        if mode != "weights":
+            raise EngineError(f"init_mode {mode!r} is not supported with DeepSpeed (its optimizer state is sharded "
+                              "across ranks); use init_mode: weights")
+
+    def export_state(self) -> dict:
+        return {}  # ZeRO's optimizer state is sharded; a later task can initialise from the weights only
 
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
 
-    def save(self, ckpt_dir: Path, meta: dict) -> None:
+    def save(self, ckpt_dir: Path, meta: dict, keep: int = 1) -> None:
         """Every rank writes its shards under a new tag; then rank 0 points ``state.json`` at it, atomically.
 
         ``state.json`` moves only after all shards are on disk, so a crash mid-save resumes from the
-        previous complete tag; older tags are then deleted.
+        previous complete tag; then all but the newest ``keep`` tags are deleted.
         """
         import torch.distributed as dist
 
@@ -270,9 +419,10 @@ class DeepSpeedEngine:
             tmp = root / "state.json.tmp"
             tmp.write_text(json.dumps({**meta, "tag": tag}))
             os.replace(tmp, root / "state.json")
-            for old in root.iterdir():
-                if old.is_dir() and old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+            tags = sorted((d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"step\d+", d.name)),
+                          key=lambda d: int(d.name[4:]))
+            for old in tags[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
     def load(self, ckpt_dir: Path, fingerprint: str) -> dict | None:

@@ -1,10 +1,17 @@
-"""The training loop: AdamW, warmup + schedule, clipping, progress, periodic resumable checkpoints.
+"""The training loop: micro-batches with gradient accumulation, clipping, AdamW, the LR schedule,
+autocast, progress (loss, tokens/s, MFU), live metrics, and periodic resumable checkpoints.
 
-The optimizer step and the checkpoint format belong to an engine (``train/engine.py``): plain torch,
-or DeepSpeed ZeRO 1/2/3 across ranks; the loop, the batches and the history are the same for both.
+The optimizer step, the precision and the checkpoint format belong to an engine (``train/engine.py``):
+plain torch, or DeepSpeed ZeRO 1/2/3 across ranks; the loop, the batches and the history are the same for both.
 
 One loop serves pretraining, continual updates and distillation; they differ only in
 the model they start from, the data mixture and the objective.
+
+Resume and initialise-from are different things. *Resume* continues the same run after a crash from
+``checkpoint_dir`` (weights, optimizer, scheduler, grad scaler, RNG and the sampler position, which is
+the step): the result is bitwise what an uninterrupted run gives on CPU. *Initialise-from* starts a new
+run (a continual task) from another run's final state, at one of three depths (``init_state``, see
+:func:`fluxforge.train.engine.PlainEngine.init_from`).
 """
 
 from __future__ import annotations
@@ -23,19 +30,48 @@ from tqdm import tqdm
 
 from fluxforge.config import TrainConfig
 from fluxforge.train.engine import make_engine
-from fluxforge.train.sampler import MixtureSampler
+from fluxforge.train.packing import document_attention
+from fluxforge.train.sampler import Batch, Sampler, as_batch
 
 log = logging.getLogger(__name__)
-Objective = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+Objective = Callable[[torch.nn.Module, Batch], torch.Tensor]
 Probe = Callable[[torch.nn.Module], dict[str, float]]
+StepHook = Callable[[int, torch.nn.Module], None]
+LogHook = Callable[[dict], None]
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32, over the positions ``mask`` keeps (all when None)."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    if mask is None:
+        return F.cross_entropy(flat, targets.reshape(-1))
+    from fluxforge.train.meco import masked_causal_lm_loss
+
+    return masked_causal_lm_loss(logits, targets, mask)
 
 
-def run_fingerprint(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig, desc: str) -> str:
+def lm_objective(doc_mask: bool = False, eos_id: int | None = None) -> Objective:
+    """Causal LM loss; with ``doc_mask`` attention stops at EOS-delimited document boundaries (train/packing.py)."""
+    if doc_mask and eos_id is None:
+        raise ValueError("doc_mask needs the tokenizer's eos_id")
+
+    def loss(model: torch.nn.Module, batch: Batch | torch.Tensor) -> torch.Tensor:
+        batch = as_batch(batch)  # a bare token tensor is a batch without a loss mask
+        inputs = batch.tokens[:, :-1]
+        kwargs = {}
+        if doc_mask:
+            kwargs["attention_mask"], kwargs["position_ids"] = document_attention(inputs, eos_id)
+        logits = model(input_ids=inputs, **kwargs).logits
+        mask = None if batch.loss_mask is None else batch.loss_mask[:, 1:]
+        return token_loss(logits, batch.tokens[:, 1:], mask)
+
+    return loss
+
+
+causal_lm_loss: Objective = lm_objective()
+
+
+def run_fingerprint(model: torch.nn.Module, sampler: Sampler, cfg: TrainConfig, desc: str) -> str:
     """Identity of a training run: config, data mixture and starting weights.
 
     A checkpoint is resumed only by a run with the same fingerprint, so a crash followed by
@@ -58,30 +94,45 @@ def set_threads() -> None:
 
 def train(
     model: torch.nn.Module,
-    sampler: MixtureSampler,
+    sampler: Sampler,
     cfg: TrainConfig,
     objective: Objective = causal_lm_loss,
     checkpoint_dir: Path | None = None,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | None = None,
     desc: str = "train",
     probe: Probe | None = None,
     probe_every: int = 0,
     probes: list[dict] | None = None,
+    init_state: dict | None = None,
+    on_step: StepHook | None = None,
+    on_log: LogHook | None = None,
+    export: dict | None = None,
 ) -> list[dict]:
-    """Train in place and return the logged history (step, loss, lr, tokens, elapsed).
+    """Train in place and return the logged history (step, loss, lr, tokens, elapsed, tokens/s, MFU).
 
-    If ``checkpoint_dir`` holds a checkpoint from an interrupted run, training resumes
-    from it: weights, optimizer, scheduler and step are restored, and the sampler is a
-    pure function of the step, so the continued run sees the same batches.
+    If ``checkpoint_dir`` holds a checkpoint of this same run (same fingerprint), training resumes
+    from it: weights, optimizer, scheduler, grad scaler, RNG and step are restored, and the sampler
+    is a pure function of the step, so the continued run sees the same batches. Checkpoints are
+    written every ``checkpoint_every`` steps (default ``cfg.checkpoint_every``), atomically, keeping
+    the last ``cfg.keep_checkpoints``.
+
+    ``init_state`` (from :func:`fluxforge.train.engine.load_trainer_state`) initialises a *new* run from
+    another run's optimizer state, as ``cfg.init_mode`` says; a resumed checkpoint takes precedence.
 
     ``probe(model)`` runs before the first step and every ``probe_every`` steps, in eval
     mode and without gradients; its results are appended to ``probes`` (restored on resume).
     Probes touch no random state, so a probed run trains exactly like an unprobed one.
+    ``on_step(step, model)`` runs after each optimizer step (checkpoint averaging's snapshots);
+    ``on_log(row)`` receives each history row as it is logged (live MLflow metrics, DVC plots).
+    ``export``, when given, is filled with the final optimizer/scaler/RNG state (what a model directory's
+    ``training_state/`` keeps so that a later task can initialise from it).
     """
     probes = probes if probes is not None else []
+    every = checkpoint_every or cfg.checkpoint_every
     set_threads()
     fingerprint = run_fingerprint(model, sampler, cfg, desc)  # before an engine shards or casts the weights
-    eng = make_engine(model, cfg)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
+    continuing = init_state is not None and cfg.init_mode == "full"  # the schedule picks up without re-warming
+    eng = make_engine(model, cfg, continuing)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
     fingerprint += eng.signature
     start, history = 0, []
     state = eng.load(checkpoint_dir, fingerprint) if checkpoint_dir else None
@@ -89,6 +140,8 @@ def train(
         start, history = int(state["step"]), list(state["history"])
         probes[:] = state.get("probes", [])
         log.warning("resuming %s from checkpoint in %s at step %d", desc, checkpoint_dir, start)
+    elif init_state is not None:
+        eng.init_from(init_state, cfg.init_mode)
 
     def run_probe(step: int) -> float:
         """Probe if due; return the seconds it took, which are kept out of the training time."""
@@ -105,33 +158,64 @@ def train(
         run_probe(0)
     model.train()
     tokens_per_step = sampler.batch_size * sampler.seq_len
+    flops_token, peak = _flops_and_peak(model, sampler.seq_len, eng) if eng.is_main else (0.0, 0.0)
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=2.0,
                disable=os.environ.get("FLUXFORGE_PROGRESS", "1") == "0" or not eng.is_main, dynamic_ncols=True)
     for step in bar:
-        batch = eng.shard(sampler.batch(step))  # a rank's rows of the global batch (all of it on one process)
-        loss = objective(eng.model, batch)
-        value = eng.loss_value(loss)  # the global batch's loss, the same on every rank
+        micro = eng.micro_batches(as_batch(sampler.batch(step)))  # this rank's rows, split for accumulation
+        value = 0.0
+        for mb in micro:
+            with eng.autocast():
+                loss = objective(eng.model, mb)
+            value += eng.loss_value(loss) / len(micro)  # the global batch's loss, the same on every rank
+            eng.backward(loss, len(micro))
         if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: loss became {value} at step {step}; lower the learning rate ({cfg.lr})")
-        eng.step(loss)
+        eng.step()
         window_loss += value
         window_n += 1
         done = step + 1
+        if on_step is not None:
+            on_step(done, model)
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
             tps = window_n * tokens_per_step / max(now - t_window, 1e-9)
             row = {"step": done, "loss": window_loss / window_n, "lr": eng.lr(),
-                   "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps}
+                   "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps,
+                   "mfu": tps * flops_token / peak if peak else 0.0}
             history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
+            if on_log is not None and eng.is_main:
+                on_log(row)
             window_loss, window_n, t_window = 0.0, 0, now
         spent = run_probe(done)
         t0 += spent
         t_window += spent
-        if checkpoint_dir and done % checkpoint_every == 0 and done < cfg.steps:
-            eng.save(checkpoint_dir, {"step": done, "history": history, "fingerprint": fingerprint, "probes": probes})
+        if checkpoint_dir and done % every == 0 and done < cfg.steps:
+            eng.save(checkpoint_dir, {"step": done, "history": history, "fingerprint": fingerprint, "probes": probes},
+                     keep=cfg.keep_checkpoints)
     eng.finish()  # DeepSpeed: full fp32 weights back into `model`, a plain module again
     model.eval()
+    if export is not None:
+        export.update(eng.export_state())
     return history
+
+
+def _flops_and_peak(model: torch.nn.Module, seq_len: int, eng) -> tuple[float, float]:  # noqa: ANN001
+    """Training FLOPs per token of this model and the device's matmul peak, measured now (for MFU).
+
+    Measuring the peak in the same process keeps MFU honest about *this* machine (a shared 2-core VM
+    has no published peak); it costs well under a second.
+    """
+    config = getattr(model, "config", None)
+    if config is None or os.environ.get("FLUXFORGE_MFU", "1") == "0":
+        return 0.0, 0.0
+    from fluxforge.train.flops import flops_per_token, measure_matmul_peak
+
+    try:
+        return flops_per_token(config, seq_len), measure_matmul_peak(eng.device, eng.compute_dtype)
+    except (AttributeError, TypeError) as err:  # a model without Llama-style config fields: no MFU
+        log.info("no MFU for %s: %s", type(model).__name__, err)
+        return 0.0, 0.0

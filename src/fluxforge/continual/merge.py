@@ -1,0 +1,226 @@
+"""Model merging across continual tasks: interpolation, EMA merge, task arithmetic, instruction residual.
+
+FoMo-in-Flux (Roth et al. 2024, arXiv 2408.14471; methods.md section 8) found model merging the best
+trade-off between accumulating new knowledge and keeping zero-shot ability. Its ``ema_paint``
+recursion, read from the official code (``continual_lib/ema_paint.py``, ``merge.py``), is
+``theta_run = 0.5 * theta_t + 0.5 * theta_run`` starting from the zero-shot (base) weights, with the
+default interpolation being the arithmetic mean of two models. Beside it:
+
+- task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic", arXiv 2212.04089):
+  ``base + scale * sum_i (ft_i - base)``;
+- instruction residual: ``updated_base + scale * (instruct - base)``, i.e. re-apply the weight change
+  that instruction tuning made to the old base onto a continually pretrained base, so the CPT model
+  gets its instruction following back without a new SFT run (Jindal et al. 2024, "Balancing Continuous
+  Pre-Training and Instruction Fine-Tuning", Samsung Research, arXiv 2410.10739: the "instruction
+  residual" is the parameter delta instruct - base; checked against the abstract and summaries only,
+  so ``scale`` stays an argument).
+
+Every merge is an affine combination (coefficients sum to 1) and is computed as
+``anchor + sum_j c_j * (x_j - y_j)``, where the anchor is the model the result should equal in the
+degenerate cases (the heavier side of an interpolation, the finetuned model of a one-model task
+arithmetic, the updated base of a residual). WHY: the differences are small and exact zeros when the
+models agree, so "merge of identical weights is a no-op" holds bit for bit, and rounding scales with
+the differences, as in :mod:`fluxforge.train.averaging`. Sums are in fp32 (fp64 for fp64 tensors) and
+cast back to the anchor's dtype; checkpoints are read from safetensors only (``averaging.load_state``).
+Integer buffers cannot be merged and must agree across all models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from fluxforge.io import atomic_dir, write_json
+from fluxforge.train.averaging import AveragingError, _check_compatible, _load_strict, _network_config, _tokenizer, load_state
+
+State = dict[str, torch.Tensor]
+Method = Literal["interpolate", "ema", "task_arithmetic", "instruction_residual"]
+METHODS: tuple[str, ...] = ("interpolate", "ema", "task_arithmetic", "instruction_residual")
+FOMO_EMA_WEIGHT = 0.5  # ema_paint: equal-weight merge of the task model and the running merge (methods.md section 8)
+_OPTIONS: dict[str, tuple[str, ...]] = {"interpolate": ("weight_b",), "ema": ("weight_new",),
+                                        "task_arithmetic": ("scale",), "instruction_residual": ("scale",)}
+# config.json entries that are about tokens, not the network: an instruct model often has other eos ids
+_TOKEN_IDS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id"})
+
+
+class MergeError(AveragingError):
+    """Models that cannot be merged; the message names the file and the first mismatching tensor.
+
+    A subclass of :class:`AveragingError` because the shared key/shape checks of averaging raise that:
+    ``except AveragingError`` catches both.
+    """
+
+
+# ----------------------------------------------------------------------------- state-dict merges
+def _check_mergeable(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str]) -> None:
+    """Same keys and shapes everywhere (averaging's check); float tensors may differ in precision.
+
+    Shape-only meta tensors are checked, with every float dtype mapped to fp32, so a bf16 instruct
+    model merges with an fp32 CPT base while a float-vs-integer mismatch is still refused.
+    """
+    def shape_only(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: torch.empty(v.shape, dtype=torch.float32 if v.is_floating_point() else v.dtype, device="meta")
+                for k, v in state.items()}
+
+    _check_compatible([shape_only(s) for s in states], names)
+
+
+Term = tuple[float, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]  # (c, x, y): adds c * (x - y)
+
+
+def _affine(anchor: Mapping[str, torch.Tensor], terms: Sequence[Term], states: Sequence[Mapping[str, torch.Tensor]],
+            names: Sequence[str]) -> State:
+    """``anchor + sum_j c_j * (x_j - y_j)`` per float tensor; ``states``/``names`` are all inputs, for the checks."""
+    _check_mergeable(states, names)
+    anchor_name = names[next(i for i, s in enumerate(states) if s is anchor)]
+    out: State = {}
+    for key, first in anchor.items():
+        if not first.is_floating_point():
+            for state, name in zip(states, names):
+                if not torch.equal(state[key], first):
+                    raise MergeError(f"{name}: non-float key '{key}' differs from {anchor_name} and cannot be merged")
+            out[key] = first.clone()
+            continue
+        dtype = torch.promote_types(first.dtype, torch.float32)
+        acc = first.to(dtype, copy=True)
+        for coef, x, y in terms:
+            if coef != 0.0:
+                acc.add_(x[key].to(dtype) - y[key].to(dtype), alpha=coef)
+        out[key] = acc.to(first.dtype)
+    return out
+
+
+def _check_unit(value: float, what: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise MergeError(f"{what} must be in [0, 1], got {value}")
+    return value
+
+
+def interpolate(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], weight_b: float,
+                names: Sequence[str] = ("model a", "model b")) -> State:
+    """``(1 - w) * a + w * b``: weight 0 gives ``a``, 1 gives ``b``, 0.5 the mean (FoMo's default merge)."""
+    w = _check_unit(weight_b, "interpolation weight_b")
+    if w >= 0.5:
+        return _affine(b, [(1.0 - w, a, b)], [a, b], names)
+    return _affine(a, [(w, b, a)], [a, b], names)
+
+
+def ema_merge(running: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], weight_new: float = FOMO_EMA_WEIGHT,
+              names: Sequence[str] = ("running merge", "new task model")) -> State:
+    """One step of FoMo's ``ema_paint``: ``theta_run = w * theta_t + (1 - w) * theta_run`` (w = 0.5).
+
+    Start ``running`` at the base (zero-shot) weights and call once per finished task.
+    """
+    return interpolate(running, new, _check_unit(weight_new, "EMA weight_new"), names)
+
+
+def task_arithmetic(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], scale: float = 1.0,
+                    names: Sequence[str] | None = None) -> State:
+    """``base + scale * sum_i (ft_i - base)`` (Ilharco et al. 2023); ``names`` = base first, then each ft.
+
+    Anchored on the last finetuned model: ``ft_n + (scale - 1)(ft_n - base) + scale * sum_{i<n} (ft_i - base)``,
+    so one model at scale 1 comes back exactly.
+    """
+    if not finetuned:
+        raise MergeError("task arithmetic needs at least one finetuned model")
+    if not torch.isfinite(torch.tensor(float(scale))):
+        raise MergeError(f"task arithmetic scale must be finite, got {scale}")
+    names = list(names) if names is not None else ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
+    if len(names) != len(finetuned) + 1:
+        raise MergeError(f"{len(names)} names for 1 base and {len(finetuned)} finetuned models")
+    last = finetuned[-1]
+    terms = [(float(scale) - 1.0, last, base)] + [(float(scale), ft, base) for ft in finetuned[:-1]]
+    return _affine(last, terms, [base, *finetuned], names)
+
+
+def instruction_residual(instruct: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+                         updated_base: Mapping[str, torch.Tensor], scale: float = 1.0,
+                         names: Sequence[str] = ("instruct", "base", "updated base")) -> State:
+    """``updated_base + scale * (instruct - base)``: put the instruction-tuning delta onto a CPT-updated base."""
+    if not torch.isfinite(torch.tensor(float(scale))):
+        raise MergeError(f"instruction residual scale must be finite, got {scale}")
+    return _affine(updated_base, [(float(scale), instruct, base)], [instruct, base, updated_base], names)
+
+
+# ----------------------------------------------------------------------------- HF directories
+def _check_networks(paths: Sequence[Path]) -> None:
+    """HF configs must describe the same network (averaging's rule), token ids aside."""
+    configs = [(p, {k: v for k, v in c.items() if k not in _TOKEN_IDS}) for p in paths if (c := _network_config(p)) is not None]
+    for p, c in configs[1:]:
+        ref_path, ref = configs[0]
+        for key in sorted(set(ref) | set(c)):
+            if ref.get(key) != c.get(key):
+                raise MergeError(f"{p / 'config.json'}: key '{key}' is {c.get(key)!r}, {ref_path / 'config.json'} "
+                                 f"has {ref.get(key)!r}: the models are of different architectures")
+
+
+def _arity(method: str, n: int) -> None:
+    expect = {"interpolate": "[a, b]", "ema": "[base, task_1, ..., task_n] (n >= 1)",
+              "task_arithmetic": "[base, finetuned_1, ..., finetuned_n] (n >= 1)",
+              "instruction_residual": "[instruct, base, updated_base]"}
+    if method not in expect:
+        raise MergeError(f"unknown merge method '{method}' (choose one of {', '.join(METHODS)})")
+    fixed = {"interpolate": 2, "instruction_residual": 3}.get(method)
+    if (fixed is not None and n != fixed) or n < 2:
+        raise MergeError(f"merge method '{method}' takes paths {expect[method]}, got {n} path(s)")
+
+
+def merge_states(method: Method, paths: Sequence[Path | str], **kw: float) -> State:
+    """Load the safetensors checkpoints in ``paths`` (order as in :func:`merge_models`) and merge them."""
+    _arity(method, len(paths))
+    unknown = sorted(set(kw) - set(_OPTIONS[method]))
+    if unknown:
+        raise MergeError(f"merge method '{method}' has no option '{unknown[0]}' (options: {', '.join(_OPTIONS[method])})")
+    paths = [Path(p) for p in paths]
+    _check_networks(paths)
+    names = [str(p) for p in paths]
+    if method == "ema":  # unrolled, holding two states at a time: theta_run starts at the base
+        running = load_state(paths[0])
+        for prev, path in zip(names, paths[1:]):
+            running = ema_merge(running, load_state(path), kw.get("weight_new", FOMO_EMA_WEIGHT),
+                                (f"running merge up to {prev}", str(path)))
+        return running
+    states = [load_state(p) for p in paths]
+    merges: dict[str, Callable[[], State]] = {
+        "interpolate": lambda: interpolate(states[0], states[1], kw.get("weight_b", 0.5), names),
+        "task_arithmetic": lambda: task_arithmetic(states[0], states[1:], kw.get("scale", 1.0), names),
+        "instruction_residual": lambda: instruction_residual(*states, scale=kw.get("scale", 1.0), names=names),
+    }
+    return merges[method]()
+
+
+def merge_models(method: Method, paths: Sequence[Path | str], out: Path | str, template: Path | str | None = None,
+                 info: dict | None = None, **kw: float) -> PreTrainedModel:
+    """Merge HF model directories (or safetensors files) and write the result as an HF model directory.
+
+    ``paths`` per method, always ending with the newest / updated model:
+
+    - ``"interpolate"``: ``[a, b]``, keyword ``weight_b`` (default 0.5);
+    - ``"ema"``: ``[base, task_1, ..., task_n]``, keyword ``weight_new`` (default 0.5), FoMo's unrolled recursion;
+    - ``"task_arithmetic"``: ``[base, finetuned_1, ..., finetuned_n]``, keyword ``scale`` (default 1);
+    - ``"instruction_residual"``: ``[instruct, base, updated_base]``, keyword ``scale`` (default 1).
+
+    Config and tokenizer come from ``template`` (default: the last path, which must be an HF
+    directory); the weights keep the template's dtype. ``training_state/info.json`` records the merge.
+    """
+    _arity(method, len(paths))
+    template = Path(template) if template is not None else Path(paths[-1])
+    if not (template / "config.json").exists():
+        raise MergeError(f"{template}: no config.json to build the merged model from; pass an HF model directory as template")
+    merged = merge_states(method, paths, **kw)
+    model = AutoModelForCausalLM.from_pretrained(template, use_safetensors=True)
+    _load_strict(model, merged, template)
+    tok = _tokenizer(template)
+    record = {"merged": [str(p) for p in paths], "method": method, "options": dict(kw), "template": str(template), **(info or {})}
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        (tmp / "training_state").mkdir()
+        write_json(tmp / "training_state" / "info.json", record)
+    return model
