@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -61,7 +62,8 @@ class Engine(Protocol):
 
     def micro_batches(self, batch: Batch) -> list[Batch]: ...
     def autocast(self) -> contextlib.AbstractContextManager: ...
-    def loss_value(self, loss: torch.Tensor) -> float: ...
+    def wrap(self, objective: Callable) -> Callable: ...
+    def loss_value(self, loss: torch.Tensor) -> torch.Tensor: ...
     def backward(self, loss: torch.Tensor, n_micro: int) -> None: ...
     def step(self) -> None: ...
     def lr(self) -> float: ...
@@ -105,14 +107,17 @@ def load_trainer_state(path: Path) -> dict:
                           "never pickled code)") from err
 
 
-def adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and other 1-d parameters (the usual GPT/Llama recipe)."""
+def adamw(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and other 1-d parameters (the usual GPT/Llama recipe).
+
+    ``fused`` (CUDA): one kernel for the whole update instead of a few per parameter.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=BETAS, eps=EPS,
+        lr=cfg.lr, betas=BETAS, eps=EPS, **({"fused": True} if fused else {}),
     )
 
 
@@ -137,10 +142,10 @@ class PlainEngine:
         self.device = resolve_device(cfg.device)
         self.compute_dtype = resolve_precision(cfg.precision, self.device)
         self.home = next(model.parameters()).device
-        self.module = model.to(self.device)
-        self.model = torch.compile(model) if cfg.compile else model  # shares parameters with self.module
+        self.module = self.model = model.to(self.device)
+        self.compile = cfg.compile
         self.grad_clip, self.grad_accum = cfg.grad_clip, cfg.grad_accum
-        self.opt = adamw(model, cfg)
+        self.opt = adamw(model, cfg, fused=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, continuing=continuing))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
 
@@ -152,8 +157,13 @@ class PlainEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
-    def loss_value(self, loss: torch.Tensor) -> float:
-        return loss.item()
+    def wrap(self, objective: Callable) -> Callable:
+        """``torch.compile`` the objective, model call and loss together (the fp32 upcast of the logits and the
+        cross-entropy fuse instead of writing a batch x seq x vocab fp32 tensor), when ``compile`` is on."""
+        return torch.compile(objective) if self.compile else objective
+
+    def loss_value(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss.detach().float()  # no host sync here: the loop reads losses back only when it logs
 
     def backward(self, loss: torch.Tensor, n_micro: int) -> None:
         self.scaler.scale(loss / n_micro if n_micro > 1 else loss).backward()
@@ -373,7 +383,10 @@ class DeepSpeedEngine:
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed casts the module itself (bf16/fp16 blocks of its JSON)
 
-    def loss_value(self, loss: torch.Tensor) -> float:
+    def wrap(self, objective: Callable) -> Callable:
+        return objective
+
+    def loss_value(self, loss: torch.Tensor) -> torch.Tensor:
         """The global batch's mean loss (equal shards, so the mean of the ranks' means), the same on every rank."""
         import torch.distributed as dist
 
@@ -381,7 +394,7 @@ class DeepSpeedEngine:
         if self.world > 1:
             dist.all_reduce(value)
             value /= self.world
-        return value.item()
+        return value
 
     def backward(self, loss: torch.Tensor, n_micro: int) -> None:
         # backward scales by 1/gradient_accumulation_steps and averages over ranks; step() acts only on the

@@ -160,40 +160,54 @@ def train(
     tokens_per_step = sampler.batch_size * sampler.seq_len
     flops_token, peak = _flops_and_peak(model, sampler.seq_len, eng) if eng.is_main else (0.0, 0.0)
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
-    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    window: list[torch.Tensor] = []  # each step's loss, still on the device: read back (one sync) only when needed
+    t_window = time.perf_counter()
+    step_loss = eng.wrap(objective)  # torch.compile'd with the model when cfg.compile
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=2.0,
                disable=os.environ.get("FLUXFORGE_PROGRESS", "1") == "0" or not eng.is_main, dynamic_ncols=True)
+
+    def read_window(last: int) -> list[float]:
+        """The window's losses as floats; a non-finite one stops the run before anything is saved."""
+        values = torch.stack(window).tolist()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise FloatingPointError(f"{desc}: loss became {v} at step {last - len(values) + i}; "
+                                         f"lower the learning rate ({cfg.lr})")
+        return values
+
     for step in bar:
         micro = eng.micro_batches(as_batch(sampler.batch(step)))  # this rank's rows, split for accumulation
-        value = 0.0
+        value = None
         for mb in micro:
             with eng.autocast():
-                loss = objective(eng.model, mb)
-            value += eng.loss_value(loss) / len(micro)  # the global batch's loss, the same on every rank
+                loss = step_loss(eng.model, mb)
+            part = eng.loss_value(loss)  # the global batch's loss, the same on every rank
+            value = part if value is None else value + part
             eng.backward(loss, len(micro))
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{desc}: loss became {value} at step {step}; lower the learning rate ({cfg.lr})")
         eng.step()
-        window_loss += value
-        window_n += 1
+        window.append(value / len(micro) if len(micro) > 1 else value)
         done = step + 1
         if on_step is not None:
             on_step(done, model)
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        logging_due = done % cfg.log_every == 0 or done == cfg.steps
+        saving_due = checkpoint_dir is not None and done % every == 0 and done < cfg.steps
+        if logging_due or saving_due or device_type(eng) == "cpu":  # on CPU reading back costs nothing: fail fast
+            values = read_window(done)
+        if logging_due:
             now = time.perf_counter()
-            tps = window_n * tokens_per_step / max(now - t_window, 1e-9)
-            row = {"step": done, "loss": window_loss / window_n, "lr": eng.lr(),
+            tps = len(values) * tokens_per_step / max(now - t_window, 1e-9)
+            row = {"step": done, "loss": sum(values) / len(values), "lr": eng.lr(),
                    "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps,
                    "mfu": tps * flops_token / peak if peak else 0.0}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
             if on_log is not None and eng.is_main:
                 on_log(row)
-            window_loss, window_n, t_window = 0.0, 0, now
+            window, t_window = [], now
         spent = run_probe(done)
         t0 += spent
         t_window += spent
-        if checkpoint_dir and done % every == 0 and done < cfg.steps:
+        if saving_due:
             eng.save(checkpoint_dir, {"step": done, "history": history, "fingerprint": fingerprint, "probes": probes},
                      keep=cfg.keep_checkpoints)
     eng.finish()  # DeepSpeed: full fp32 weights back into `model`, a plain module again
@@ -201,6 +215,10 @@ def train(
     if export is not None:
         export.update(eng.export_state())
     return history
+
+
+def device_type(eng) -> str:  # noqa: ANN001
+    return getattr(getattr(eng, "device", None), "type", "cpu")
 
 
 def _flops_and_peak(model: torch.nn.Module, seq_len: int, eng) -> tuple[float, float]:  # noqa: ANN001
