@@ -749,6 +749,68 @@ class StudyConfig(_Strict):
     growth_compute_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25  # share of the compute the small model uses
 
 
+class StreamTask(_Strict):
+    """One task of a continual stream: a data slice (a time window, a domain or a set of sources) and its budget."""
+
+    name: str = Field(min_length=1)
+    slices: list[str] = Field(min_length=1)  # slice names or globs
+    budget_tokens: PosInt  # the same for every method, so that comparisons are fair (FoMo-in-Flux)
+
+
+class StreamReplay(_Strict):
+    """What each task mixes in besides its new data (methods.md sections 3 and 8)."""
+
+    ratio: Fraction | Literal["planned"] = "planned"  # share of the batches; planned: the CMR planner picks it
+    slices: list[str] = Field(default_factory=list)  # the base model's pretraining data, always replayable
+    buffer_tokens: NonNegInt = 0  # a capped buffer of earlier tasks' documents (0 = none)
+    policy: Literal["uniform", "recent", "balanced"] = "uniform"
+    buffer_share: Fraction = 0.5  # of the replay share, what the buffer supplies once it holds data
+
+
+class CMRPlanner(_Strict):
+    """Short pilot updates over a grid of replay ratios; the largest ratio whose general loss stays in tolerance."""
+
+    grid: list[Fraction] = Field(default_factory=lambda: [0.1, 0.25, 0.5], min_length=2)
+    pilot_steps: Annotated[int, Field(ge=3)] = 40
+    points: Annotated[int, Field(ge=3)] = 4  # evaluations along each pilot (the fit needs >= 3)
+    max_general_ppl_rise: NonNegFloat = 0.05  # tolerance: epsilon = ln(1 + this) in loss
+    constraint: Literal["final", "max"] = "final"
+    eval_docs: PosInt = 48  # held-out documents per loss evaluation
+
+
+class StabilityStrategy(_Strict):
+    """Stability-gap mitigation (Guo et al., methods.md section 4) for each task's new data."""
+
+    kind: Literal["none", "subset_epochs", "top_k", "pretrain_mix"] = "none"
+    epochs: PosInt = 4  # subset_epochs: the new data is a subset of budget/epochs tokens, seen ~epochs times
+    top_k_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # top_k: the best documents by quality
+    domain_share: Fraction = 0.5  # pretrain_mix: new data's share; the rest mirrors the base model's mixture
+
+
+class MergeSettings(_Strict):
+    """Merging across tasks (FoMo-in-Flux): the evaluated model is a merge; training continues on the trunk."""
+
+    method: Literal["none", "ema", "interpolate"] = "none"  # ema: run = w*task + (1-w)*run; interpolate: with the init model
+    weight: Fraction = 0.5
+
+
+class StreamConfig(_Strict):
+    """A continual stream (stage ``stream``): tasks in order from ``init``, with replay, strategies and merging."""
+
+    enabled: bool = True
+    init: str = "pretrain"
+    ordering: Literal["given", "time", "random", "similarity", "difficulty"] = "given"
+    seed: int = 0
+    tasks: list[StreamTask] = Field(min_length=1)
+    train: dict[str, Any] = Field(default_factory=dict)  # overrides of `pretrain`'s training keys for every task
+    replay: StreamReplay = StreamReplay()
+    planner: CMRPlanner = CMRPlanner()
+    strategy: StabilityStrategy = StabilityStrategy()
+    merge: MergeSettings = MergeSettings()
+    gap_every: NonNegInt = 5  # evaluate general and task loss every N steps over the first quarter of each task
+    compare_no_replay: bool = True  # also run the stream without replay (the report's comparison)
+
+
 class EvalConfig(_Strict):
     batch_size: PosInt = 32
     seq_len: PosInt = 128
@@ -785,6 +847,7 @@ class Params(_Strict):
     distill: DistillConfig
     evaluate: EvalConfig = EvalConfig()
     study: StudyConfig = StudyConfig()
+    stream: StreamConfig | None = None
     registry: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     tracking: TrackingConfig = TrackingConfig()
 
@@ -802,6 +865,8 @@ class Params(_Strict):
                 raise ValueError(f"{where}.replay: ratio {cfg.replay.ratio} > 0 but no replay slices given")
             if not self.model.from_pretrained and cfg.seq_len + 1 > self.model.max_position_embeddings and where != "distill":
                 raise ValueError(f"{where}.seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings")
+        if self.stream is not None:
+            self._check_stream(known)
         teachers = ["final", "pretrain", *[f"continual/{t}" for t in self.continual.tasks]]
         if not self.distill.teachers():
             raise ValueError("distill.teacher: give at least one teacher")
@@ -809,6 +874,39 @@ class Params(_Strict):
             if t not in teachers and not t.startswith("models:/"):
                 raise ValueError(f"distill.teacher '{t}' is not one of {teachers} or a registry URI models:/NAME@ALIAS")
         return self
+
+    def stream_train(self) -> TrainConfig:
+        """Every stream task's training config: ``pretrain``'s keys with ``stream.train`` on top (slices/steps per task)."""
+        assert self.stream is not None
+        base = self.pretrain.model_dump(exclude_unset=False)
+        if self.stream.train.get("schedule") == "infinite":  # it has its own warmup and final-ratio keys
+            base = {k: v for k, v in base.items() if k not in ("warmup_steps", "min_lr_ratio")}
+        merged = {**base, **self.stream.train, "slices": self.stream.tasks[0].slices, "replay": {"ratio": 0.0, "slices": []},
+                  "probe_every": 0}
+        return TrainConfig.model_validate(merged, strict=False)
+
+    def _check_stream(self, known: list[str]) -> None:
+        """Bad streams fail here, at start: unknown slices, a budget below one batch, bad training keys."""
+        from fluxforge.continual.stream import Stream, Task, validate_stream
+
+        s = self.stream
+        for key in s.train:
+            if key in ("slices", "steps", "replay", "probe_every") or key not in TrainConfig.model_fields:
+                raise ValueError(f"stream.train.{key}: not a training key a stream task can set (slices, steps and "
+                                 "replay come from stream.tasks and stream.replay)")
+        try:
+            cfg = self.stream_train()
+        except ValidationError as err:
+            raise ValueError(f"stream.train: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from err
+        stream = Stream(tuple(Task(t.name, tuple(t.slices), t.budget_tokens) for t in s.tasks))
+        validate_stream(stream, known, cfg.batch_size, cfg.seq_len)  # StreamError (a ValueError) names task and slice
+        for pat in s.replay.slices:
+            if not fnmatch.filter(known, pat):
+                raise ValueError(f"stream.replay.slices: '{pat}' matches no slice; known slices: {known}")
+        if s.replay.ratio != 0 and not s.replay.slices and not s.replay.buffer_tokens:
+            raise ValueError("stream.replay: a replay ratio needs replay slices or a buffer (buffer_tokens > 0)")
+        if s.init != "pretrain" and not s.init.startswith("continual/") and not s.init.startswith("models:/"):
+            raise ValueError(f"stream.init '{s.init}': use pretrain, continual/<task> or a registry URI models:/NAME@ALIAS")
 
     def expand(self, patterns: list[str]) -> list[str]:
         """Slice names matched by globs, in world order, without repeats."""

@@ -29,7 +29,7 @@ _YEAR = re.compile(r"(?:^|\D)(\d{4})$")  # a slice name ending in a four-digit y
 T = TypeVar("T", bound=Hashable)
 
 
-class StreamError(FluxForgeError):
+class StreamError(FluxForgeError, ValueError):
     """A stream that cannot be run as given: unknown slices, budgets below one batch, repeated task names."""
 
 

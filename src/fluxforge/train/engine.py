@@ -121,14 +121,16 @@ def adamw(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torc
     )
 
 
-def make_engine(model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> Engine:
+def make_engine(model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> Engine:
     """The DeepSpeed engine when params or the launcher ask for one, else the plain one.
 
     ``continuing``: the run continues another run's schedule (init_mode full), so the LR does not re-warm.
+    ``anneal``: False keeps a wsd/infinite schedule on its constant level to the end (a trunk that the next
+    task continues; fluxforge.train.schedule.lr_factor).
     """
     if cfg.deepspeed.stage or os.environ.get(CONFIG_ENV):
-        return DeepSpeedEngine(model, cfg, continuing)
-    return PlainEngine(model, cfg, continuing)
+        return DeepSpeedEngine(model, cfg, continuing, anneal)
+    return PlainEngine(model, cfg, continuing, anneal)
 
 
 # ----------------------------------------------------------------------------- plain torch
@@ -138,7 +140,7 @@ class PlainEngine:
     signature = ""
     is_main = True
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> None:
         self.device = resolve_device(cfg.device)
         self.compute_dtype = resolve_precision(cfg.precision, self.device)
         self.home = next(model.parameters()).device
@@ -146,7 +148,7 @@ class PlainEngine:
         self.compile = cfg.compile
         self.grad_clip, self.grad_accum = cfg.grad_clip, cfg.grad_accum
         self.opt = adamw(model, cfg, fused=self.device.type == "cuda")
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, continuing=continuing))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
 
     def micro_batches(self, batch: Batch) -> list[Batch]:
@@ -348,7 +350,7 @@ def init_distributed() -> None:
 class DeepSpeedEngine:
     """ZeRO 1/2/3 around the caller's module; the same optimizer, schedule and clipping as :class:`PlainEngine`."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> None:
         init_distributed()
         import deepspeed
         import torch.distributed as dist
@@ -367,7 +369,7 @@ class DeepSpeedEngine:
         self.dtypes = {n: p.dtype for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         opt = adamw(model, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                              config=self.config)
         self.model = self.engine

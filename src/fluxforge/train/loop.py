@@ -107,6 +107,7 @@ def train(
     on_step: StepHook | None = None,
     on_log: LogHook | None = None,
     export: dict | None = None,
+    anneal: bool = True,
 ) -> list[dict]:
     """Train in place and return the logged history (step, loss, lr, tokens, elapsed, tokens/s, MFU).
 
@@ -124,6 +125,9 @@ def train(
     Probes touch no random state, so a probed run trains exactly like an unprobed one.
     ``on_step(step, model)`` runs after each optimizer step (checkpoint averaging's snapshots);
     ``on_log(row)`` receives each history row as it is logged (live MLflow metrics, DVC plots).
+    ``anneal=False`` keeps a wsd/infinite schedule on its constant level (a continual trunk; the annealed,
+    deployable copy resumes the trunk's checkpoint at :func:`fluxforge.train.schedule.anneal_start` with
+    ``anneal=True``: both schedules agree on every step before it).
     ``export``, when given, is filled with the final optimizer/scaler/RNG state (what a model directory's
     ``training_state/`` keeps so that a later task can initialise from it).
     """
@@ -132,7 +136,7 @@ def train(
     set_threads()
     fingerprint = run_fingerprint(model, sampler, cfg, desc)  # before an engine shards or casts the weights
     continuing = init_state is not None and cfg.init_mode == "full"  # the schedule picks up without re-warming
-    eng = make_engine(model, cfg, continuing)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
+    eng = make_engine(model, cfg, continuing, anneal)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
     fingerprint += eng.signature
     start, history = 0, []
     state = eng.load(checkpoint_dir, fingerprint) if checkpoint_dir else None

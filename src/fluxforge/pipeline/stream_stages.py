@@ -1,0 +1,344 @@
+"""Stage ``stream``: a continual stream of tasks (FoMo-in-Flux style) with replay, strategies, schedules and merging.
+
+Each task trains on its new slices for a fixed token budget (the same for every method), mixed with replay of
+the base model's pretraining data and, when configured, of a capped buffer of earlier tasks' documents, at a
+fixed ratio or the one the CMR planner picks from short pilot updates (methods.md section 3). The new data can
+be shaped against the stability gap (section 4). With a wsd/infinite schedule a constant-LR *trunk* runs
+through all tasks without re-warming, and each task's deployable model is an annealed fork of the trunk
+(section 2); a cosine schedule re-warms per task (the baseline). After every task the deployable model (and
+its merge with earlier ones, section 8) is evaluated on every task's held-out set and on the base data: the
+accuracy/perplexity matrices, knowledge accumulation, retention, forgetting and backward transfer.
+
+Everything lands in ``metrics/stream.json`` (the report's "Continual stream" section), the stability-gap
+curves in ``plots/stream/gap.csv``, and one MLflow run. The final deployable model is ``models/stream``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import shutil
+
+import numpy as np
+import torch
+
+from fluxforge import paths as P
+from fluxforge.config import Params, StreamConfig, StreamTask, TrainConfig
+from fluxforge.continual.metrics import continual_metrics
+from fluxforge.continual.replay import ReplayBuffer
+from fluxforge.data.tokenize import load_pretrained_tokenizer, load_streams
+from fluxforge.errors import DataError
+from fluxforge.eval.scoring import perplexity, score_mcq
+from fluxforge.io import atomic_file, read_jsonl, write_json
+from fluxforge.track.runs import stage_run
+from fluxforge.train.loop import lm_objective, set_threads, train
+from fluxforge.train.model import count_params, load_model, save_model
+from fluxforge.train.sampler import MixtureSampler, mixture_weights
+from fluxforge.train.schedule import CONTINUABLE, anneal_start
+
+log = logging.getLogger(__name__)
+BASE = "base"  # the column of the base model's pretraining data: retention
+
+
+class EvalSets:
+    """Held-out documents and questions per column (each task's slices, and the base data)."""
+
+    def __init__(self, params: Params, columns: dict[str, list[str]], eval_docs: int) -> None:
+        held = read_jsonl(P.WORLD / "eval" / "heldout.jsonl")
+        qs = read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
+        self.docs = {c: [h["text"] for h in held if h["slice"] in sl] for c, sl in columns.items()}
+        self.questions = {c: [q for q in qs if q["slice"] in sl] for c, sl in columns.items()}
+        self.small = {c: d[:eval_docs] for c, d in self.docs.items()}  # for the planner and the gap curves
+        empty = [c for c, d in self.docs.items() if not d]
+        if empty:
+            raise DataError(f"stream: no held-out documents for {empty} in data/world/eval/heldout.jsonl")
+        self.params = params
+
+    def loss(self, model: torch.nn.Module, tok, column: str) -> float:  # noqa: ANN001
+        e = self.params.evaluate
+        return math.log(perplexity(model, tok, self.small[column], e.seq_len, e.batch_size)["ppl"])
+
+    def full(self, model: torch.nn.Module, tok) -> dict[str, dict[str, float]]:  # noqa: ANN001
+        """Accuracy and perplexity of ``model`` on every column."""
+        e = self.params.evaluate
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for c in self.docs:
+                ppl = perplexity(model, tok, self.docs[c], e.seq_len, e.batch_size)["ppl"]
+                res = score_mcq(model, tok, self.questions[c], batch_size=e.batch_size * 2) if self.questions[c] else []
+                out[c] = {"ppl": ppl, "acc": float(np.mean([r["correct"] for r in res])) if res else float("nan")}
+        return out
+
+
+class Data:
+    """Token streams, the replay buffer and the sampler of each task."""
+
+    def __init__(self, params: Params, s: StreamConfig, tok) -> None:  # noqa: ANN001
+        self.params, self.s, self.eos = params, s, tok.eos_token_id
+        self.base = params.expand(s.replay.slices)
+        self.buffer = ReplayBuffer(s.replay.buffer_tokens, s.replay.policy, self.eos, s.seed) if s.replay.buffer_tokens else None
+        self.tok = tok
+
+    def new_stream(self, task: StreamTask, cfg: TrainConfig) -> dict[str, np.ndarray]:
+        """The task's new data, shaped by the stability strategy (subset x epochs, or the top-k quality docs)."""
+        streams = load_streams(P.TOKENS, self.params.expand(task.slices))
+        kind = self.s.strategy.kind
+        if kind not in ("subset_epochs", "top_k"):
+            return streams
+        from fluxforge.continual.stability import top_k_subset, unigram_scorer
+        from fluxforge.train.curriculum import split_documents
+
+        docs = [d for st in streams.values() for d in split_documents(np.asarray(st), self.eos)]
+        rng = np.random.default_rng(self.s.seed)
+        if kind == "top_k":
+            texts = self.tok.batch_decode([d[:-1].tolist() for d in docs])
+            keep = top_k_subset(texts, unigram_scorer(texts), self.s.strategy.top_k_fraction)
+        else:  # a subset of budget/epochs tokens of whole documents: seen ~epochs times within the budget
+            target = task.budget_tokens / self.s.strategy.epochs
+            order = rng.permutation(len(docs))
+            sizes = np.cumsum([len(docs[i]) for i in order])
+            keep = order[: max(int(np.searchsorted(sizes, target)) + 1, 1)]
+        chosen = np.concatenate([docs[i] for i in sorted(keep)])
+        if len(chosen) < cfg.seq_len + 1:
+            raise DataError(f"stream task {task.name}: the {kind} subset holds {len(chosen)} tokens, fewer than a window")
+        return {f"{task.name}:{kind}": chosen}
+
+    def sampler(self, task: StreamTask, cfg: TrainConfig, ratio: float, seed: int) -> tuple[MixtureSampler, dict]:
+        new = self.new_stream(task, cfg)
+        replay = {} if ratio == 0 else load_streams(P.TOKENS, [b for b in self.base if b not in new])
+        if ratio > 0 and self.buffer is not None and self.buffer.tokens > cfg.seq_len + 1:
+            replay["buffer"] = self.buffer.stream()
+        streams = {**new, **replay}
+        sizes = {k: len(v) for k, v in streams.items()}
+        if self.s.strategy.kind == "pretrain_mix":
+            from fluxforge.continual.stability import pretraining_like_mixture
+
+            base_w = mixture_weights(self.base, [], 0.0, sizes)
+            weights = pretraining_like_mixture(base_w, {k: sizes[k] for k in new}, self.s.strategy.domain_share)
+        else:
+            weights = mixture_weights(list(new), [k for k in replay if k != "buffer"], ratio, sizes)
+            if "buffer" in replay:  # the buffer takes buffer_share of the replay share
+                share = self.s.replay.buffer_share * ratio
+                weights = {k: w * (1 - share / ratio) if k not in new else w for k, w in weights.items()}
+                weights["buffer"] = share
+        return MixtureSampler(streams, weights, cfg.seq_len, cfg.batch_size, seed), weights
+
+    def remember(self, task: StreamTask) -> None:
+        if self.buffer is not None:
+            for name, st in load_streams(P.TOKENS, self.params.expand(task.slices)).items():
+                self.buffer.add(f"{task.name}:{name}", np.asarray(st))
+
+
+def task_config(base: TrainConfig, task: StreamTask, index: int) -> TrainConfig:
+    from fluxforge.continual.stream import steps_for_budget
+
+    steps = steps_for_budget(task.budget_tokens, base.batch_size, base.seq_len)
+    continuing = index > 0 and base.schedule in CONTINUABLE
+    return base.model_copy(update={"slices": list(task.slices), "steps": steps, "seed": base.seed + index,
+                                   "warmup_steps": min(base.warmup_steps, max(steps // 10, 1)),
+                                   "init_mode": "full" if continuing else "weights"})
+
+
+def plan_replay(data: Data, evals: EvalSets, tok, model: torch.nn.Module, task: StreamTask, column: str,  # noqa: ANN001
+                cfg: TrainConfig, opt_state: dict | None) -> tuple[float, dict]:
+    """CMR planner: pilot updates over the grid, general (base) and task loss along each, fit, choose.
+
+    The grid holds *replay* ratios (params' meaning); the CMR law is stated in the *domain* share of the
+    mixture, ``R = 1 - replay`` (Gu et al.: the critical mixture ratio is the largest domain share whose
+    general loss stays within tolerance), so the plan is fitted and chosen in R and converted back.
+    """
+    from fluxforge.continual.cmr import plan_ratio
+
+    pl = data.s.planner
+    every = max(pl.pilot_steps // pl.points, 1)
+    # pilots run at the level the task trains at (the constant phase of an infinite schedule), fresh AdamW
+    level = cfg.lr * (cfg.infinite.const_ratio if cfg.schedule == "infinite" and cfg.init_mode == "full" else 1.0)
+    pilot_cfg = cfg.model_copy(update={"steps": every * pl.points, "warmup_steps": min(cfg.warmup_steps, every - 1),
+                                       "schedule": "constant", "lr": level, "init_mode": "weights"})
+    baseline = evals.loss(model, tok, BASE)
+    curves, tokens_per_step = {}, cfg.batch_size * cfg.seq_len
+    for ratio in pl.grid:
+        pilot = copy.deepcopy(model)
+        sampler, _ = data.sampler(task, pilot_cfg, ratio, seed=cfg.seed + 7919)
+        points: list[dict] = []
+        train(pilot, sampler, pilot_cfg, probe=lambda m: {"g": evals.loss(m, tok, BASE), "d": evals.loss(m, tok, column)},
+              probe_every=every, probes=points, desc=f"pilot {task.name} r={ratio}")
+        curves[round(1.0 - ratio, 12)] = [(p["step"] * tokens_per_step, p["g"], p["d"]) for p in points if p["step"] > 0]
+    eps = math.log1p(pl.max_general_ppl_rise)
+    plan = plan_ratio(curves, baseline, eps, task.budget_tokens, pl.constraint)
+    out = plan.to_dict()
+    out["pilots"] = {str(r): [list(map(float, p)) for p in c] for r, c in curves.items()}
+    replay = round(1.0 - float(plan.ratio), 12)
+    out["replay_ratio"] = replay
+    log.info("stream %s: CMR planner chose domain share R=%.2f, i.e. replay %.2f (feasible=%s), from replay grid %s",
+             task.name, plan.ratio, replay, plan.feasible, pl.grid)
+    return replay, out
+
+
+def gap_probe(evals: EvalSets, tok, column: str, steps: int, every: int):  # noqa: ANN001, ANN202
+    """General and task loss every ``every`` steps over the first quarter of a task (the stability gap's dip)."""
+    if not every:
+        return None, 0
+    limit = max(steps // 4, every)
+
+    def probe(model: torch.nn.Module) -> dict[str, float]:
+        probe.calls += 1
+        if (probe.calls - 1) * every > limit:
+            return {}
+        return {"general_loss": evals.loss(model, tok, BASE), "domain_loss": evals.loss(model, tok, column)}
+
+    probe.calls = 0
+    return probe, every
+
+
+def train_task(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig, name: str, opt_state: dict | None,
+               probe, probe_every: int, probes: list, eos_id: int) -> tuple[torch.nn.Module, dict]:  # noqa: ANN001
+    """Train the trunk through the task; return the deployable model (an annealed fork) and the trunk's state."""
+    ckpt = P.CHECKPOINTS / "stream" / name.replace("/", "_").replace(" ", "_")
+    export: dict = {}
+    objective = lm_objective(cfg.doc_mask, eos_id)
+    if cfg.schedule not in CONTINUABLE:  # cosine: the task's own warmup and decay; the model is its own deployable copy
+        train(model, sampler, cfg, objective, checkpoint_dir=ckpt, desc=name, init_state=opt_state, export=export,
+              probe=probe, probe_every=probe_every, probes=probes)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return model, export
+    continuing = cfg.init_mode == "full"
+    fork = anneal_start(cfg, continuing)
+    deploy = copy.deepcopy(model)  # the same starting weights: the run fingerprint matches the trunk's checkpoint
+    train(model, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=fork, desc=name, init_state=opt_state,
+          export=export, anneal=False, probe=probe, probe_every=probe_every, probes=probes)
+    # the deployable copy: the trunk's checkpoint at the fork, resumed with the annealing schedule
+    for extra in sorted(ckpt.glob("state-*.pt"))[:-1]:
+        extra.unlink()
+    train(deploy, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=cfg.steps + 1, desc=f"{name} (anneal)",
+          init_state=opt_state, anneal=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return deploy, export
+
+
+def _merge(running: dict | None, model: torch.nn.Module, init: dict, s: StreamConfig) -> dict | None:
+    from fluxforge.continual.merge import ema_merge, interpolate
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if s.merge.method == "none":
+        return None
+    if s.merge.method == "ema":
+        return ema_merge(running if running is not None else init, state, s.merge.weight)
+    return interpolate(init, state, s.merge.weight)
+
+
+def _load_init(spec: str) -> torch.nn.Module:
+    if spec.startswith("models:/"):
+        from fluxforge.track.resolve import local_model_path
+
+        return load_model(local_model_path(spec))[0]
+    return load_model(P.model_dir(spec))[0]
+
+
+def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_replay: bool = True) -> dict:  # noqa: ANN001
+    """Train the stream once; return rows of evaluations (trunk and merged), plans, ratios and gap curves."""
+    from fluxforge.continual.stream import Task, order_tasks
+
+    base_cfg = params.stream_train()
+    data = Data(params, s, tok)
+    tasks = [t for t in s.tasks]
+    by_name = {t.name: t for t in tasks}
+    streams = load_streams(P.TOKENS, params.world.slices()) if s.ordering == "similarity" else None
+    difficulty = None
+    model = _load_init(s.init)
+    if s.ordering == "difficulty":
+        difficulty = {t.name: evals.loss(model, tok, t.name) for t in tasks}
+    order = order_tasks([Task(t.name, tuple(t.slices), t.budget_tokens) for t in tasks], s.ordering, seed=s.seed,
+                        streams=streams, difficulty=difficulty).names
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rows = [evals.full(model, tok)]
+    merged_rows = [rows[0]]  # before any task, the merge is the init model
+    running, opt_state, plans, ratios, gap = None, None, {}, {}, []
+    for i, name in enumerate(order):
+        task = by_name[name]
+        cfg = task_config(base_cfg, task, i)
+        model.train()
+        if not with_replay:
+            ratio = 0.0
+        elif s.replay.ratio == "planned":
+            ratio, plans[name] = plan_replay(data, evals, tok, model, task, name, cfg, opt_state)
+        else:
+            ratio = float(s.replay.ratio)
+        ratios[name] = ratio
+        sampler, _ = data.sampler(task, cfg, ratio, seed=cfg.seed)
+        probe, every = gap_probe(evals, tok, name, cfg.steps, s.gap_every if with_replay else 0)
+        probes: list[dict] = []
+        deploy, opt_state = train_task(model, sampler, cfg, f"stream/{name}" + ("" if with_replay else " (no replay)"),
+                                       opt_state, probe, every, probes, tok.eos_token_id)
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        gap += [{"task": name, "step": p["step"], "tokens": p["step"] * tokens_per_step, **p} for p in probes if len(p) > 1]
+        data.remember(task)
+        rows.append(evals.full(deploy, tok))
+        running = _merge(running, deploy, init_state, s)
+        if running is not None:
+            merged = copy.deepcopy(deploy)
+            merged.load_state_dict(running)
+            merged_rows.append(evals.full(merged, tok))
+        last = deploy if running is None else merged
+    return {"order": order, "rows": rows, "merged_rows": merged_rows if running is not None else None, "plans": plans,
+            "ratios": ratios, "gap": gap, "final": last}
+
+
+def _matrix(rows: list[dict], columns: list[str], key: str) -> list[list[float]]:
+    return [[r[c][key] for c in columns] for r in rows]
+
+
+def stream(params: Params) -> None:
+    s = params.stream
+    out_model = P.MODELS / "stream"
+    if s is None or not s.enabled:
+        write_json(P.METRICS / "stream.json", {"skipped": "params has no stream section (or stream.enabled: false)"})
+        with atomic_file(P.PLOTS / "stream" / "gap.csv") as fh:
+            fh.write("task,step,tokens,general_loss,domain_loss\n")
+        shutil.rmtree(out_model, ignore_errors=True)
+        out_model.mkdir(parents=True, exist_ok=True)
+        return
+    set_threads()
+    tok = load_pretrained_tokenizer(P.TOKENS)
+    columns = {t.name: params.expand(t.slices) for t in s.tasks}
+    columns[BASE] = params.expand(s.replay.slices) or params.expand(params.pretrain.slices)
+    evals = EvalSets(params, columns, s.planner.eval_docs)
+    with stage_run("stream", params, s.model_dump(), inputs={"tokens": P.TOKENS}) as run:
+        res = run_stream(params, s, tok, evals)
+        cols = [*res["order"], BASE]
+        mats = {k: _matrix(res["rows"], cols, k) for k in ("acc", "ppl")}
+        merged = {k: _matrix(res["merged_rows"], cols, k) for k in ("acc", "ppl")} if res["merged_rows"] else None
+
+        def summary(m: dict) -> dict:
+            return {"acc": continual_metrics(m["acc"], higher_is_better=True).to_dict(),
+                    "ppl": continual_metrics(m["ppl"], higher_is_better=False).to_dict()}
+
+        rise = {"with_replay": mats["ppl"][-1][-1] / mats["ppl"][0][-1] - 1}
+        if s.compare_no_replay and any(r > 0 for r in res["ratios"].values()):
+            plain = run_stream(params, s.model_copy(update={"merge": s.merge.model_copy(update={"method": "none"})}), tok,
+                               evals, with_replay=False)
+            rise["without_replay"] = plain["rows"][-1][BASE]["ppl"] / plain["rows"][0][BASE]["ppl"] - 1
+        out = {"tasks": res["order"], "columns": cols, "rows": ["zero-shot", *res["order"]], "matrix": mats,
+               "merged_matrix": merged, "metrics": summary(mats), "merged_metrics": summary(merged) if merged else None,
+               "replay": {"mode": "planned" if s.replay.ratio == "planned" else "fixed", "ratios": res["ratios"],
+                          "plans": res["plans"]},
+               "general_ppl_rise": rise, "merge": s.merge.model_dump(), "strategy": s.strategy.model_dump(),
+               "schedule": params.stream_train().schedule, "ordering": s.ordering}
+        write_json(P.METRICS / "stream.json", out)
+        with atomic_file(P.PLOTS / "stream" / "gap.csv") as fh:
+            w = csv.DictWriter(fh, fieldnames=["task", "step", "tokens", "general_loss", "domain_loss"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(res["gap"])
+        final = res["final"]
+        save_model(final, tok, out_model, {"name": "stream", "stage": "stream", "parent": s.init, "tasks": res["order"],
+                                          "replay_ratios": res["ratios"], "parameters": count_params(final)})
+        run.metrics({"general_ppl_rise": rise["with_replay"], **({"general_ppl_rise_no_replay": rise["without_replay"]}
+                                                                  if "without_replay" in rise else {}),
+                     **{f"{k}_{m}": v for k in ("acc",) for m, v in out["metrics"][k].items() if isinstance(v, float)}})
+        for name, plan in res["plans"].items():
+            run.tags({f"fluxforge.cmr.{name}.ratio": str(plan.get("ratio"))})
+    log.info("stream: %s; base-data perplexity rise %s", " -> ".join(res["order"]),
+             {k: f"{v:+.1%}" for k, v in rise.items()})
