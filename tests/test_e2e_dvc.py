@@ -106,6 +106,52 @@ def test_changing_the_student_reruns_only_what_depends_on_it(repo):
     assert "teacher targets 0 from cache, 6 computed" in proc.stdout + proc.stderr
 
 
+def test_stream_and_studies_ran_and_show_in_the_report(repo):
+    stream = json.loads((repo / "metrics" / "stream.json").read_text())
+    tasks = stream["tasks"]
+    assert tasks == ["general-2022", "cyber"] and stream["columns"] == [*tasks, "base"]
+    assert len(stream["matrix"]["acc"]) == 3 and all(len(r) == 3 for r in stream["matrix"]["ppl"])
+    for task in tasks:  # replay planned by the CMR law: the fit and the choice are logged
+        plan = stream["replay"]["plans"][task]
+        assert plan["replay_ratio"] == stream["replay"]["ratios"][task] == pytest.approx(1 - plan["ratio"])
+        assert set(plan["fits"]) == {str(1 - r) for r in (0.1, 0.5)} and plan["pilots"]
+    assert "without_replay" in stream["general_ppl_rise"] and stream["merged_matrix"] is not None
+    gap = (repo / "plots" / "stream" / "gap.csv").read_text().splitlines()
+    assert gap[0] == "task,step,tokens,general_loss,domain_loss" and len(gap) > 2
+    study = json.loads((repo / "metrics" / "study.json").read_text())
+    assert set(study["variants"]) == {"baseline", "meco", "curriculum", "growth"}
+    assert study["vs_baseline"]["growth"]["compute_ratio"] == pytest.approx(1.0, abs=0.15)  # equal compute, up to rounding
+    assert study["variants"]["meco"]["tokens"] == study["variants"]["baseline"]["tokens"]
+    html = (repo / "reports" / "report.html").read_text()
+    assert "Technique studies" in html and "Continual stream" in html
+
+
+def test_a_strategy_switch_is_a_dvc_experiment(repo):
+    """`dvc exp run -S` reruns the stream (and what reads it) only; `dvc exp show` lists each experiment's numbers."""
+    proc = _run(["dvc", "exp", "run", "-n", "fixed-replay", "-S", "stream.replay.ratio=0.25",
+                 "-S", "stream.init=models:/fluxforge-lm@champion"], repo)  # a refresh from the registry's champion
+    assert ran(proc) == {"stream", "report"}
+    info = json.loads((repo / "models" / "stream" / "training_state" / "info.json").read_text())
+    assert info["parent"] == "models:/fluxforge-lm@champion" and info["parent_model"] == "fluxforge-lm"
+    assert int(info["parent_version"]) >= 1
+    shown = _run(["dvc", "exp", "show", "--json"], repo).stdout
+    found = []
+
+    def walk(node):  # noqa: ANN001, ANN202
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "metrics/stream.json" and isinstance(v, dict) and "data" in v:
+                    found.append(v["data"]["replay"])
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(shown))
+    assert {"mode": "fixed", "ratios": {"general-2022": 0.25, "cyber": 0.25}, "plans": {}} in found
+    assert any(r["mode"] == "planned" for r in found)
+
+
 def test_bad_params_fail_with_key_and_file(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pretrain"]["steps"] = -3

@@ -33,8 +33,9 @@ from fluxforge.errors import DataError
 from fluxforge.eval.scoring import perplexity, score_mcq
 from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.track.runs import stage_run
+from fluxforge.train.engine import load_trainer_state
 from fluxforge.train.loop import lm_objective, set_threads, train
-from fluxforge.train.model import count_params, load_model, save_model
+from fluxforge.train.model import TRAINER_STATE, count_params, load_info, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 from fluxforge.train.schedule import CONTINUABLE, anneal_start
 
@@ -230,12 +231,29 @@ def _merge(running: dict | None, model: torch.nn.Module, init: dict, s: StreamCo
     return interpolate(init, state, s.merge.weight)
 
 
-def _load_init(spec: str) -> torch.nn.Module:
-    if spec.startswith("models:/"):
-        from fluxforge.track.resolve import local_model_path
+def _load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, dict]:
+    """The stream's starting model, the trunk state to continue (if its schedule allows), and its lineage.
 
-        return load_model(local_model_path(spec))[0]
-    return load_model(P.model_dir(spec))[0]
+    ``models:/NAME@champion`` refreshes from the registry: weights and ``training_state/`` come from the
+    registered version, which is pinned and recorded as the parent. A parent trained on a wsd/infinite
+    schedule with its optimizer state lets the first task continue its trunk without re-warming.
+    """
+    lineage: dict = {"parent": spec}
+    if spec.startswith("models:/"):
+        from fluxforge.track.resolve import local_model_path, version_of
+
+        name, version = version_of(spec)
+        lineage.update(parent_model=name, parent_version=version)
+        path = local_model_path(f"models:/{name}/{version}")
+    else:
+        path = P.model_dir(spec)
+    model = load_model(path)[0]
+    state_file = path / "training_state" / TRAINER_STATE
+    parent_schedule = load_info(path).get("schedule", "")
+    if state_file.exists() and schedule in CONTINUABLE and parent_schedule in CONTINUABLE:
+        lineage["continues_trunk"] = True
+        return model, load_trainer_state(state_file), lineage
+    return model, None, lineage
 
 
 def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_replay: bool = True) -> dict:  # noqa: ANN001
@@ -248,7 +266,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
     by_name = {t.name: t for t in tasks}
     streams = load_streams(P.TOKENS, params.world.slices()) if s.ordering == "similarity" else None
     difficulty = None
-    model = _load_init(s.init)
+    model, opt_state, lineage = _load_init(s.init, base_cfg.schedule)
     if s.ordering == "difficulty":
         difficulty = {t.name: evals.loss(model, tok, t.name) for t in tasks}
     order = order_tasks([Task(t.name, tuple(t.slices), t.budget_tokens) for t in tasks], s.ordering, seed=s.seed,
@@ -256,10 +274,10 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows = [evals.full(model, tok)]
     merged_rows = [rows[0]]  # before any task, the merge is the init model
-    running, opt_state, plans, ratios, gap = None, None, {}, {}, []
+    running, plans, ratios, gap = None, {}, {}, []
     for i, name in enumerate(order):
         task = by_name[name]
-        cfg = task_config(base_cfg, task, i)
+        cfg = task_config(base_cfg, task, i if opt_state is None else i + 1)  # a continued trunk does not re-warm
         model.train()
         if not with_replay:
             ratio = 0.0
@@ -284,7 +302,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
             merged_rows.append(evals.full(merged, tok))
         last = deploy if running is None else merged
     return {"order": order, "rows": rows, "merged_rows": merged_rows if running is not None else None, "plans": plans,
-            "ratios": ratios, "gap": gap, "final": last}
+            "ratios": ratios, "gap": gap, "final": last, "lineage": lineage}
 
 
 def _matrix(rows: list[dict], columns: list[str], key: str) -> list[list[float]]:
@@ -333,8 +351,11 @@ def stream(params: Params) -> None:
             w.writeheader()
             w.writerows(res["gap"])
         final = res["final"]
-        save_model(final, tok, out_model, {"name": "stream", "stage": "stream", "parent": s.init, "tasks": res["order"],
-                                          "replay_ratios": res["ratios"], "parameters": count_params(final)})
+        save_model(final, tok, out_model, {"name": "stream", "stage": "stream", **res["lineage"], "tasks": res["order"],
+                                          "replay_ratios": res["ratios"], "parameters": count_params(final),
+                                          "schedule": params.stream_train().schedule})
+        if "parent_version" in res["lineage"]:
+            run.tags({"fluxforge.parent": s.init, "fluxforge.parent_version": res["lineage"]["parent_version"]})
         run.metrics({"general_ppl_rise": rise["with_replay"], **({"general_ppl_rise_no_replay": rise["without_replay"]}
                                                                   if "without_replay" in rise else {}),
                      **{f"{k}_{m}": v for k in ("acc",) for m, v in out["metrics"][k].items() if isinstance(v, float)}})

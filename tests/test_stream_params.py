@@ -1,0 +1,55 @@
+"""A continual stream that cannot run fails when params are read, with the task, slice or key named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fluxforge.config import ParamsError, parse_params
+
+TINY = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "tiny.yaml").read_text())
+
+
+def _with(**changes) -> dict:
+    raw = copy.deepcopy(TINY)
+    for path, value in changes.items():
+        node = raw["stream"]
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[leaf] = value
+    return raw
+
+
+def test_the_tiny_stream_is_valid_and_its_tasks_train_with_pretrains_keys_plus_overrides():
+    p = parse_params(copy.deepcopy(TINY))
+    cfg = p.stream_train()
+    assert cfg.schedule == "infinite" and cfg.lr == TINY["stream"]["train"]["lr"]
+    assert cfg.batch_size == TINY["pretrain"]["batch_size"]
+
+
+def test_a_stream_naming_an_unknown_slice_is_refused():
+    with pytest.raises(ParamsError, match=r"(?s)general-2022.*general-2099"):
+        parse_params(_with(tasks__0__slices=["general-2099"]))
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1])
+def test_a_replay_ratio_outside_0_1_is_refused(ratio):
+    with pytest.raises(ParamsError, match=r"stream\.replay\.ratio"):
+        parse_params(_with(replay__ratio=ratio))
+
+
+def test_a_budget_below_one_batch_is_refused():
+    one_batch = TINY["pretrain"]["batch_size"] * TINY["pretrain"]["seq_len"]
+    with pytest.raises(ParamsError, match=r"(?s)cyber.*budget"):
+        parse_params(_with(tasks__1__budget_tokens=one_batch - 1))
+
+
+def test_training_keys_a_task_cannot_set_are_refused():
+    with pytest.raises(ParamsError, match=r"stream\.train\.steps"):
+        parse_params(_with(train={"steps": 10}))
+    with pytest.raises(ParamsError, match=r"stream\.train\.learning_rate"):
+        parse_params(_with(train={"learning_rate": 0.1}))
