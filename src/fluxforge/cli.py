@@ -21,6 +21,7 @@ Typical use:
   fluxforge deploy                            nightly refresh + GPU-stage deployments on a Prefect server
   fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
   fluxforge curate --input 'corpus/*.jsonl' --output DIR   ingest, filter and dedup any corpus outside the DAG
+  fluxforge merge instruction_residual INSTRUCT BASE UPDATED --out DIR   instruct - base added onto an updated base
 """
 
 
@@ -303,6 +304,24 @@ def _curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    """Merge model directories (registry URIs resolved) into a new HF directory; mismatches exit 2 naming the tensor."""
+    from fluxforge.continual.merge import merge_models
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.track.resolve import local_model_path
+
+    key = {"interpolate": "weight_b", "ema": "weight_new", "task_arithmetic": "scale", "instruction_residual": "scale"}
+    try:
+        paths = [local_model_path(m) for m in args.models]
+        kw = {key[args.method]: args.weight} if args.weight is not None else {}
+        merge_models(args.method, paths, args.out, info={"sources": args.models}, **kw)
+    except FluxForgeError as err:
+        print(f"fluxforge merge: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({args.method} of {', '.join(args.models)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fluxforge", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -366,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--gpu-pool-type", choices=("process", "kubernetes"), default="process")
     dp.add_argument("--gpu-job-variables", help='JSON, e.g. \'{"env": {"CUDA_VISIBLE_DEVICES": "0"}}\'')
     dp.set_defaults(fn=_deploy)
+    mg = sub.add_parser("merge", help="merge models: interpolate | ema | task_arithmetic | instruction_residual",
+                        description="Merge HF model directories or registry URIs (models:/NAME@ALIAS) into --out. "
+                        "interpolate A B (--weight = B's weight, 0.5); ema BASE T1 .. Tn (FoMo's recursion, --weight = "
+                        "the newest's weight); task_arithmetic BASE FT1 .. FTn (--weight = scale); instruction_residual "
+                        "INSTRUCT BASE UPDATED_BASE: adds INSTRUCT - BASE onto UPDATED_BASE (--weight = scale), so a "
+                        "continually pretrained base regains the instruct model's behaviour without re-tuning.")
+    mg.add_argument("method", choices=("interpolate", "ema", "task_arithmetic", "instruction_residual"))
+    mg.add_argument("models", nargs="+", help="model directories or models:/ URIs, in the order the method takes")
+    mg.add_argument("--out", required=True, help="output HF directory (written atomically)")
+    mg.add_argument("--weight", type=float, default=None, help="the method's weight or scale (see above)")
+    mg.set_defaults(fn=_merge)
     pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
     pr.add_argument("name", help="registered model name, e.g. fluxforge-lm")
     pr.add_argument("version", help="version number to promote")

@@ -1,0 +1,44 @@
+"""`fluxforge merge instruction_residual`: an instruct model's difference from its base, added onto an updated base."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from fluxforge.config import ModelConfig
+from fluxforge.train.model import build_model
+
+TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32)
+
+
+def _save(tmp, name: str, seed: int):  # noqa: ANN001, ANN202
+    model = build_model(TINY.model_copy(update={"init_seed": seed}), 64, 0, 1)
+    model.save_pretrained(tmp / name, safe_serialization=True)
+    return model.state_dict()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from fluxforge.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_instruction_residual_is_instruct_minus_base_on_the_updated_base(tmp_path):
+    instruct, base, updated = (_save(tmp_path, n, s) for n, s in (("instruct", 1), ("base", 2), ("updated", 3)))
+    done = _cli("merge", "instruction_residual", *(str(tmp_path / n) for n in ("instruct", "base", "updated")),
+                "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", use_safetensors=True).state_dict()
+    for k, v in merged.items():
+        assert torch.allclose(v, updated[k] + instruct[k] - base[k], atol=1e-6), k
+
+
+def test_merging_models_of_different_shapes_names_the_tensor(tmp_path):
+    _save(tmp_path, "a", 1)
+    other = build_model(TINY.model_copy(update={"hidden_size": 64}), 64, 0, 1)
+    other.save_pretrained(tmp_path / "b", safe_serialization=True)
+    done = _cli("merge", "interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "fluxforge merge:" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
