@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
-from fluxforge.io import atomic_dir, write_json
-from fluxforge.train.averaging import AveragingError, _check_compatible, _load_strict, _network_config, _tokenizer, load_state
+from fluxforge.train.averaging import AveragingError, _check_compatible, _network_config, load_state, write_state_as_model
 
 State = dict[str, torch.Tensor]
 Method = Literal["interpolate", "ema", "task_arithmetic", "instruction_residual"]
@@ -213,14 +212,5 @@ def merge_models(method: Method, paths: Sequence[Path | str], out: Path | str, t
     if not (template / "config.json").exists():
         raise MergeError(f"{template}: no config.json to build the merged model from; pass an HF model directory as template")
     merged = merge_states(method, paths, **kw)
-    model = AutoModelForCausalLM.from_pretrained(template, use_safetensors=True)
-    _load_strict(model, merged, template)
-    tok = _tokenizer(template)
     record = {"merged": [str(p) for p in paths], "method": method, "options": dict(kw), "template": str(template), **(info or {})}
-    with atomic_dir(Path(out)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        (tmp / "training_state").mkdir()
-        write_json(tmp / "training_state" / "info.json", record)
-    return model
+    return write_state_as_model(merged, template, out, record)

@@ -182,12 +182,18 @@ def write_averaged_model(paths: Sequence[Path | str], out: Path | str, method: M
     if not (template / "config.json").exists():
         raise AveragingError(f"{template}: no config.json to build the averaged model from; pass an HF model directory as template")
     avg = average_checkpoints(chosen, method, len(chosen), alpha)
-    model = AutoModelForCausalLM.from_pretrained(template, use_safetensors=True)
-    _load_strict(model, avg, template)
-    tok = _tokenizer(template)
     weights = averaging_weights(len(chosen), method, alpha)
     record = {"averaged": [str(p) for p in chosen], "method": method, "alpha": alpha if method == "ema" else None,
               "weights": weights.round(12).tolist(), **(info or {})}
+    return write_state_as_model(avg, template, out, record)
+
+
+def write_state_as_model(state: Mapping[str, torch.Tensor], template: Path, out: Path | str, record: dict) -> PreTrainedModel:
+    """``state`` in ``template``'s architecture, written atomically as an HF directory with the template's tokenizer
+    and ``training_state/info.json`` = ``record`` (how the weights were made: averaged, merged)."""
+    model = AutoModelForCausalLM.from_pretrained(template, use_safetensors=True)
+    _load_strict(model, state, template)
+    tok = _tokenizer(template)
     with atomic_dir(Path(out)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tok is not None:
