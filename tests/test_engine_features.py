@@ -176,3 +176,24 @@ def test_averaging_snapshots_the_last_k_steps_and_averages_them(tmp_path):
     assert info["steps"] == [8, 10, 12] and info["weights"] == pytest.approx([1 / 3] * 3)
     for k, v in mean.items():
         assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k
+
+
+def test_a_deployable_copy_is_the_trunk_forked_at_the_anneal_and_equals_an_annealed_run(tmp_path, monkeypatch, caplog):
+    """Stream schedules: the trunk stays on the constant level; the copy resumes the trunk's checkpoint at the
+    anneal start with the annealing schedule, which is bitwise an uninterrupted annealed run (CPU)."""
+    import logging
+
+    from fluxforge import paths as P
+    from fluxforge.pipeline.stream_stages import train_task
+
+    monkeypatch.setattr(P, "CHECKPOINTS", tmp_path)
+    cfg = _cfg(steps=20, schedule="wsd", decay_fraction=0.25)
+    trunk, reference = _model(), _model()
+    train(reference, _sampler(), cfg)
+    with caplog.at_level(logging.WARNING, logger="fluxforge.train.loop"):
+        deploy, state = train_task(trunk, _sampler(), cfg, "t", None, None, 0, [], EOS)
+    assert "resuming t from checkpoint" in caplog.text and "at step 15" in caplog.text
+    for (n, p), (_, q) in zip(deploy.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(trunk.lm_head.weight, deploy.lm_head.weight)  # the trunk never annealed
+    assert state["optimizer"]["state"]  # the trunk's optimizer state, for the next task

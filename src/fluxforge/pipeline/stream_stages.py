@@ -214,7 +214,8 @@ def train_task(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig
     # the deployable copy: the trunk's checkpoint at the fork, resumed with the annealing schedule
     for extra in sorted(ckpt.glob("state-*.pt"))[:-1]:
         extra.unlink()
-    train(deploy, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=cfg.steps + 1, desc=f"{name} (anneal)",
+    # the same desc: it is part of the run fingerprint, which must match the trunk's checkpoint to resume from it
+    train(deploy, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=cfg.steps + 1, desc=name,
           init_state=opt_state, anneal=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     return deploy, export
