@@ -79,6 +79,16 @@ def _summary(args: argparse.Namespace) -> int:
     t = e["tests"]["cyber"]
     print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
           f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
+    study, stream = root / "metrics" / "study.json", root / "metrics" / "stream.json"
+    if study.exists() and "vs_baseline" in (st := json.loads(study.read_text())):
+        parts = [f"{k} {v['heldout_loss_change']:+.3f}" for k, v in st["vs_baseline"].items()]
+        print(f"  studies      : held-out loss vs plain pretraining: {', '.join(parts)} (lower is better)")
+    if stream.exists() and "general_ppl_rise" in (sm := json.loads(stream.read_text())):
+        rise = sm["general_ppl_rise"]
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in sm["replay"]["ratios"].items())
+        no = f", without replay {rise['without_replay']:+.1%}" if "without_replay" in rise else ""
+        print(f"  stream       : {' -> '.join(sm['tasks'])}; replay {ratios} ({sm['replay']['mode']}); "
+              f"base-data ppl {rise['with_replay']:+.1%}{no}")
     if reg.exists():
         r = json.loads(reg.read_text())
         state = "promoted to champion" if r["promoted"] else "NOT promoted (champion unchanged)"
