@@ -53,3 +53,15 @@ def test_training_keys_a_task_cannot_set_are_refused():
         parse_params(_with(train={"steps": 10}))
     with pytest.raises(ParamsError, match=r"stream\.train\.learning_rate"):
         parse_params(_with(train={"learning_rate": 0.1}))
+
+
+def test_meta_cosine_task_peaks_are_non_increasing_and_start_near_the_peak():
+    """methods.md section 8 test 6: the autoregressive meta-schedule's per-task peak is non-increasing in t."""
+    from fluxforge.pipeline.stream_stages import meta_cosine_peak
+
+    peaks = [meta_cosine_peak(1e-3, 1e-4, t, steps=100, warmup=10) for t in range(6)]
+    assert all(a >= b for a, b in zip(peaks, peaks[1:]))
+    assert peaks[0] == pytest.approx(1e-3, rel=1e-3) and peaks[1] == pytest.approx(1e-4 + 0.5 * 9e-4, rel=0.05)
+    assert all(p > 1e-4 for p in peaks)
+    with pytest.raises(ParamsError, match="meta_cosine"):
+        parse_params(_with(task_peak="meta_cosine"))  # the tiny stream trains on an infinite schedule

@@ -807,6 +807,9 @@ class StreamConfig(_Strict):
     planner: CMRPlanner = CMRPlanner()
     strategy: StabilityStrategy = StabilityStrategy()
     merge: MergeSettings = MergeSettings()
+    # cosine schedules only: "meta_cosine" anneals each task's peak LR across tasks (FoMo-in-Flux's autoregressive
+    # cosine_with_linear_warmup_and_recovery, methods.md section 8); "constant" re-warms to the same peak every task
+    task_peak: Literal["constant", "meta_cosine"] = "constant"
     gap_every: NonNegInt = 5  # evaluate general and task loss every N steps over the first quarter of each task
     compare_no_replay: bool = True  # also run the stream without replay (the report's comparison)
 
@@ -905,6 +908,9 @@ class Params(_Strict):
                 raise ValueError(f"stream.replay.slices: '{pat}' matches no slice; known slices: {known}")
         if s.replay.ratio != 0 and not s.replay.slices and not s.replay.buffer_tokens:
             raise ValueError("stream.replay: a replay ratio needs replay slices or a buffer (buffer_tokens > 0)")
+        if s.task_peak == "meta_cosine" and cfg.schedule != "cosine":
+            raise ValueError(f"stream.task_peak meta_cosine anneals the peak of per-task cosine schedules; "
+                             f"stream.train.schedule is {cfg.schedule!r}")
         if s.init != "pretrain" and not s.init.startswith("continual/") and not s.init.startswith("models:/"):
             raise ValueError(f"stream.init '{s.init}': use pretrain, continual/<task> or a registry URI models:/NAME@ALIAS")
 

@@ -133,14 +133,28 @@ class Data:
                 self.buffer.add(f"{task.name}:{name}", np.asarray(st))
 
 
-def task_config(base: TrainConfig, task: StreamTask, index: int) -> TrainConfig:
+def meta_cosine_peak(lr: float, min_lr: float, task: int, steps: int, warmup: int) -> float:
+    """Task ``task``'s peak LR under FoMo-in-Flux's autoregressive cosine meta-schedule (methods.md section 8).
+
+    ``base_lr_t = min + 1/2 (1 + cos(pi e / es)) (lr - min)`` with ``e = t (S - W) + 1`` and
+    ``es = (t + 1)(S - W)``: the first task peaks at ~lr, later tasks at ever lower peaks.
+    """
+    span = max(steps - warmup, 1)
+    e, es = task * span + 1, (task + 1) * span
+    return min_lr + 0.5 * (1 + math.cos(math.pi * e / es)) * (lr - min_lr)
+
+
+def task_config(base: TrainConfig, task: StreamTask, index: int, task_peak: str = "constant") -> TrainConfig:
     from fluxforge.continual.stream import steps_for_budget
 
     steps = steps_for_budget(task.budget_tokens, base.batch_size, base.seq_len)
     continuing = index > 0 and base.schedule in CONTINUABLE
-    return base.model_copy(update={"slices": list(task.slices), "steps": steps, "seed": base.seed + index,
-                                   "warmup_steps": min(base.warmup_steps, max(steps // 10, 1)),
-                                   "init_mode": "full" if continuing else "weights"})
+    warmup = min(base.warmup_steps, max(steps // 10, 1))
+    lr = base.lr
+    if task_peak == "meta_cosine":
+        lr = meta_cosine_peak(base.lr, base.lr * base.min_lr_ratio, index, steps, warmup)
+    return base.model_copy(update={"slices": list(task.slices), "steps": steps, "seed": base.seed + index, "lr": lr,
+                                   "warmup_steps": warmup, "init_mode": "full" if continuing else "weights"})
 
 
 def plan_replay(data: Data, evals: EvalSets, tok, model: torch.nn.Module, task: StreamTask, column: str,  # noqa: ANN001
@@ -278,7 +292,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
     running, plans, ratios, gap = None, {}, {}, []
     for i, name in enumerate(order):
         task = by_name[name]
-        cfg = task_config(base_cfg, task, i if opt_state is None else i + 1)  # a continued trunk does not re-warm
+        cfg = task_config(base_cfg, task, i if opt_state is None else i + 1, s.task_peak)  # a continued trunk does not re-warm
         model.train()
         if not with_replay:
             ratio = 0.0
