@@ -908,6 +908,11 @@ class Params(_Strict):
                 raise ValueError(f"stream.replay.slices: '{pat}' matches no slice; known slices: {known}")
         if s.replay.ratio != 0 and not s.replay.slices and not s.replay.buffer_tokens:
             raise ValueError("stream.replay: a replay ratio needs replay slices or a buffer (buffer_tokens > 0)")
+        if s.strategy.kind == "pretrain_mix" and s.replay.ratio == "planned":
+            raise ValueError("stream.strategy pretrain_mix sets the mixture itself (strategy.domain_share of new data, "
+                             "the rest in the base model's proportions); set stream.replay.ratio to a number")
+        if s.strategy.kind == "pretrain_mix" and not s.replay.slices:
+            raise ValueError("stream.strategy pretrain_mix needs stream.replay.slices (the base model's pretraining data)")
         if s.task_peak == "meta_cosine" and cfg.schedule != "cosine":
             raise ValueError(f"stream.task_peak meta_cosine anneals the peak of per-task cosine schedules; "
                              f"stream.train.schedule is {cfg.schedule!r}")

@@ -109,12 +109,13 @@ class Data:
 
     def sampler(self, task: StreamTask, cfg: TrainConfig, ratio: float, seed: int) -> tuple[MixtureSampler, dict]:
         new = self.new_stream(task, cfg)
-        replay = {} if ratio == 0 else load_streams(P.TOKENS, [b for b in self.base if b not in new])
+        mix = self.s.strategy.kind == "pretrain_mix"  # the base data in its pretraining proportions, whatever the ratio
+        replay = {} if ratio == 0 and not mix else load_streams(P.TOKENS, [b for b in self.base if b not in new])
         if ratio > 0 and self.buffer is not None and self.buffer.tokens > cfg.seq_len + 1:
             replay["buffer"] = self.buffer.stream()
         streams = {**new, **replay}
         sizes = {k: len(v) for k, v in streams.items()}
-        if self.s.strategy.kind == "pretrain_mix":
+        if mix:
             from fluxforge.continual.stability import pretraining_like_mixture
 
             base_w = mixture_weights(self.base, [], 0.0, sizes)
