@@ -135,7 +135,11 @@ def test_a_gpu_stage_runs_through_the_gpu_pool_on_a_worker(prefect_api, tmp_path
         assert time.monotonic() - t0 < 300
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine can take longer to shut a worker down; not the subject here
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
     assert run.work_pool_name == "fluxforge-gpu"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert "world" in lock["stages"] and (repo / "data" / "world").is_dir()

@@ -220,8 +220,8 @@ class PlainEngine:
 
     def init_from(self, state: dict, mode: str) -> None:
         """Start a new run from another run's final state: ``weights`` (nothing more to load), ``weights_optimizer``
-        (AdamW moments; this run's own LR schedule, which warms up again) or ``full`` (also RNG; the schedule
-        was built ``continuing``, so it picks up where a wsd/infinite trunk left off without re-warming)."""
+        (AdamW moments; this run's own LR schedule, which warms up again) or ``full`` (the same moments, and the
+        schedule was built ``continuing``, so it picks up where a wsd/infinite trunk left off without re-warming)."""
         if mode == "weights":
             return
         theirs = state.get("optimizer")
@@ -240,11 +240,11 @@ class PlainEngine:
                 raise EngineError(f"init_mode {mode!r}: optimizer state {i} has shape {tuple(shape)} but the parameter "
                                   f"is {tuple(params[int(i)].shape)}; the parent is another architecture")
         self.opt.load_state_dict({"state": theirs["state"], "param_groups": mine["param_groups"]})  # keep our LRs
-        if mode == "full" and "rng" in state:
-            torch.set_rng_state(state["rng"]["cpu"])
 
     def export_state(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": self._rng()}
+        """What a later run may start from: AdamW moments and the grad scaler. Not the RNG: its state depends on
+        everything else the process did, and the model directory (a DVC output) must be reproducible."""
+        return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
 
     def finish(self) -> None:
         self.module.to(self.home)  # evaluation and saving happen where the model came from (CPU)
