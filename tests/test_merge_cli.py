@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -21,8 +20,20 @@ def _save(tmp, name: str, seed: int):  # noqa: ANN001, ANN202
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from fluxforge.cli import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    """The command in this process (torch is already imported): its exit code and stderr, as a shell would see them."""
+    import contextlib
+    import io
+
+    from fluxforge.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+    return subprocess.CompletedProcess(list(args), code, "", err.getvalue())
 
 
 def test_instruction_residual_is_instruct_minus_base_on_the_updated_base(tmp_path):
