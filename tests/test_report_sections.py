@@ -208,3 +208,12 @@ def test_build_report_places_both_sections_and_survives_their_absence(tiny_param
                                      "6. Registry decision")]
     assert order == sorted(order)
     assert "not run" not in page and page.count(PNG) >= 1 + 6
+
+
+def test_a_skipped_stream_says_so_instead_of_failing(tmp_path):
+    from fluxforge.eval.report import _stream
+
+    skipped = tmp_path / "stream.json"
+    skipped.write_text('{"skipped": "params has no stream section (or stream.enabled: false)"}')
+    out = _stream(skipped, tmp_path / "gap.csv")
+    assert "Continual stream not run" in out and "no stream section" in out

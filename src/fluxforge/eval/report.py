@@ -402,6 +402,8 @@ def _stream(metrics: Path | None = None, gap: Path | None = None) -> str:
     if not metrics.exists():
         return _not_run("Continual stream", "stream", "stream")
     data, where = json.loads(metrics.read_text()), str(metrics)
+    if "skipped" in data:  # the stage ran with stream.enabled false or no stream section (e.g. profiles/cyber-dap.yaml)
+        return _not_run("Continual stream", "stream", "stream") + f"<p>({html.escape(str(data['skipped']))})</p>"
     tasks = _need(data, "tasks", where)
     merge, strategy = data.get("merge") or {}, data.get("strategy") or {}
     setup = (f"<p>Tasks in training order: {' &rarr; '.join(html.escape(str(t)) for t in tasks)} "
