@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from fluxforge.train.averaging import AveragingError, _check_compatible, _network_config, load_state, write_state_as_model
+from fluxforge.train.averaging import AveragingError, _check_compatible, _check_configs, load_state, write_state_as_model
 
 State = dict[str, torch.Tensor]
 Method = Literal["interpolate", "ema", "task_arithmetic", "instruction_residual"]
@@ -149,13 +149,7 @@ def instruction_residual(instruct: Mapping[str, torch.Tensor], base: Mapping[str
 # ----------------------------------------------------------------------------- HF directories
 def _check_networks(paths: Sequence[Path]) -> None:
     """HF configs must describe the same network (averaging's rule), token ids aside."""
-    configs = [(p, {k: v for k, v in c.items() if k not in _TOKEN_IDS}) for p in paths if (c := _network_config(p)) is not None]
-    for p, c in configs[1:]:
-        ref_path, ref = configs[0]
-        for key in sorted(set(ref) | set(c)):
-            if ref.get(key) != c.get(key):
-                raise MergeError(f"{p / 'config.json'}: key '{key}' is {c.get(key)!r}, {ref_path / 'config.json'} "
-                                 f"has {ref.get(key)!r}: the models are of different architectures")
+    _check_configs(paths, ignore=frozenset(_TOKEN_IDS), error=MergeError)
 
 
 def _arity(method: str, n: int) -> None:

@@ -158,15 +158,19 @@ def _network_config(path: Path) -> dict | None:
     return {k: v for k, v in json.loads(file.read_text()).items() if k not in _CONFIG_NOISE}
 
 
-def _check_configs(paths: Sequence[Path]) -> None:
-    """HF directories must describe the same network (same shapes can still hide e.g. another rope_theta)."""
-    configs = [(p, c) for p in paths if (c := _network_config(p)) is not None]
+def _check_configs(paths: Sequence[Path], ignore: frozenset[str] = frozenset(),
+                   error: type[AveragingError] = AveragingError) -> None:
+    """HF directories must describe the same network (same shapes can still hide e.g. another rope_theta).
+
+    ``ignore``: config keys allowed to differ (merging tolerates other token ids); ``error``: the class raised.
+    """
+    configs = [(p, {k: v for k, v in c.items() if k not in ignore}) for p in paths if (c := _network_config(p)) is not None]
     for p, c in configs[1:]:
         ref_path, ref = configs[0]
         for key in sorted(set(ref) | set(c)):
             if ref.get(key) != c.get(key):
-                raise AveragingError(f"{p / 'config.json'}: key '{key}' is {c.get(key)!r}, "
-                                     f"{ref_path / 'config.json'} has {ref.get(key)!r}: the models are of different architectures")
+                raise error(f"{p / 'config.json'}: key '{key}' is {c.get(key)!r}, "
+                            f"{ref_path / 'config.json'} has {ref.get(key)!r}: the models are of different architectures")
 
 
 def write_averaged_model(paths: Sequence[Path | str], out: Path | str, method: Method = "ema", k: int | None = None,
