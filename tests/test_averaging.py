@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fluxforge import paths as P
 from fluxforge.config import ModelConfig
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import (
@@ -19,7 +20,7 @@ from fluxforge.train.averaging import (
     snapshots,
     write_averaged_model,
 )
-from fluxforge.train.model import build_model, load_info, load_model, save_model
+from fluxforge.train.model import build_model, load_model, save_model
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 
@@ -120,7 +121,7 @@ def test_writes_an_hf_model_dir_of_the_last_k_that_loads_without_pickles(tmp_pat
     for key, value in loaded.state_dict().items():
         expect = sum(wi * m.state_dict()[key].float() for wi, m in zip(w, models[1:]))
         torch.testing.assert_close(value, expect, rtol=0, atol=1e-6, msg=key)
-    info = load_info(tmp_path / "avg")
+    info = P.model_info(tmp_path / "avg")
     assert info["averaged"] == [str(d) for d in dirs[1:]] and info["method"] == "ema"
     assert not list((tmp_path / "avg").glob("*.bin")) and json.loads((tmp_path / "avg" / "config.json").read_text())["num_hidden_layers"] == 2
     x = torch.randint(0, 64, (1, 8))

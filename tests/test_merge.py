@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from fluxforge import paths as P
 from fluxforge.config import ModelConfig
 from fluxforge.continual.merge import (
     MergeError,
@@ -19,7 +20,7 @@ from fluxforge.continual.merge import (
 )
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import AveragingError
-from fluxforge.train.model import build_model, load_info, save_model
+from fluxforge.train.model import build_model, save_model
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 
@@ -170,7 +171,7 @@ def test_instruction_residual_round_trip_through_hf_directories(hf_dirs, tmp_pat
         torch.testing.assert_close(value, want[key], rtol=0, atol=1e-6, msg=key)
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()  # still tied
     assert (out / "tokenizer.json").exists() and not list(out.glob("*.bin"))
-    info = load_info(out)
+    info = P.model_info(out)
     assert info["method"] == "instruction_residual" and info["template"] == str(root / "updated")
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     assert torch.isfinite(loaded(input_ids=torch.randint(0, 64, (1, 8))).logits).all()
@@ -187,7 +188,7 @@ def test_ema_and_task_arithmetic_through_hf_directories(hf_dirs, tmp_path):
         torch.testing.assert_close(ema[key], w["base"][key] / 4 + w["task1"][key] / 4 + w["task2"][key] / 2,
                                    rtol=0, atol=1e-6, msg=key)
         torch.testing.assert_close(ta[key], 0.5 * (w["task1"][key] + w["task2"][key]), rtol=0, atol=1e-6, msg=key)
-    assert load_info(tmp_path / "ta")["options"] == {"scale": 0.5}
+    assert P.model_info(tmp_path / "ta")["options"] == {"scale": 0.5}
     merged = merge_states("interpolate", [root / "task1", root / "task2"], weight_b=1.0)
     _assert_states_equal({k: merged[k] for k in merged}, {k: v.clone() for k, v in w["task2"].items() if k in merged})
 

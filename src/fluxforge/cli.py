@@ -231,8 +231,8 @@ def _eval(args: argparse.Namespace) -> int:
             raise FluxForgeError(f"--limit must be at least 1, got {args.limit}")
         from fluxforge.eval.generation import evaluate_task, format_table
         from fluxforge.io import write_json
+        from fluxforge.runtime import set_threads
         from fluxforge.track.resolve import local_model_path
-        from fluxforge.train.loop import set_threads
         from fluxforge.train.model import load_model
 
         set_threads()
@@ -258,7 +258,7 @@ def _log_eval(args: argparse.Namespace, task, result) -> str:  # noqa: ANN001
     """One MLflow run per evaluation: what was scored, how, the metrics overall and per topic, the per-question file."""
     import mlflow
 
-    from fluxforge.track.lineage import digest_path
+    from fluxforge.io import digest_path
 
     _use_registry(args)
     mlflow.set_experiment(args.log)
@@ -295,13 +295,11 @@ Example config:
 
 def _curate(args: argparse.Namespace) -> int:
     """Run ingest -> filter -> dedup on --input into --output; bad config or input exits 2 with the reason."""
-    import os
 
     from fluxforge.errors import FluxForgeError
-    from fluxforge.pipeline.runner import QUIET_ENV, setup_logging
+    from fluxforge.runtime import quiet_env, setup_logging
 
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
+    quiet_env()
     setup_logging()
     from fluxforge.data.curate import curate, main_summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -84,3 +85,16 @@ def read_jsonl(path: Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{i}: not valid JSON ({err.msg})") from None
     return rows
+
+
+def digest_path(path: Path | str) -> str:
+    """sha256 over a file, or over a directory's relative paths and file contents (sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

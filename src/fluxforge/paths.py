@@ -30,3 +30,9 @@ def train_metrics(name: str) -> dict:
     """What the training stage of model ``name`` reported ({} before it has run)."""
     path = train_metrics_file(name)
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_info(path: Path | str) -> dict:
+    """A model directory's lineage record (``training_state/info.json``; {} for a plain HF checkpoint)."""
+    file = Path(path) / "training_state" / "info.json"
+    return json.loads(file.read_text()) if file.exists() else {}

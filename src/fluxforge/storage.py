@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fluxforge.errors import FluxForgeError
-from fluxforge.track.servers import redact
+from fluxforge.secrets import redact
 
 REMOTE_NAME = "storage"
 ENDPOINT_ENV = ("FLUXFORGE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")

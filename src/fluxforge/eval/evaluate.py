@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from fluxforge.eval.scoring import perplexity, score_mcq, summarize
-from fluxforge.train.loop import set_threads
+from fluxforge.runtime import set_threads
 
 log = logging.getLogger(__name__)
 

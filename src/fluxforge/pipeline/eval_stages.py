@@ -13,9 +13,8 @@ from fluxforge.data.tokenize import load_tokenizer
 from fluxforge.errors import DataError
 from fluxforge.eval.evaluate import accuracy_table, distillation_summary, evaluate_model
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
-from fluxforge.io import atomic_file, read_jsonl, write_json
+from fluxforge.io import atomic_file, digest_path, read_jsonl, write_json
 from fluxforge.pipeline.train_stages import new_model
-from fluxforge.track.lineage import digest_path
 from fluxforge.track.runs import stage_run
 from fluxforge.train.model import load_model
 

@@ -32,10 +32,11 @@ from fluxforge.data.tokenize import load_pretrained_tokenizer, load_streams
 from fluxforge.errors import DataError
 from fluxforge.eval.scoring import perplexity, score_mcq
 from fluxforge.io import atomic_file, read_jsonl, write_json
+from fluxforge.runtime import set_threads
 from fluxforge.track.runs import stage_run
 from fluxforge.train.engine import load_trainer_state
-from fluxforge.train.loop import lm_objective, set_threads, train
-from fluxforge.train.model import TRAINER_STATE, count_params, load_info, load_model, save_model
+from fluxforge.train.loop import lm_objective, train
+from fluxforge.train.model import TRAINER_STATE, count_params, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 from fluxforge.train.schedule import CONTINUABLE, anneal_start
 
@@ -265,7 +266,7 @@ def _load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, 
         path = P.model_dir(spec)
     model = load_model(path)[0]
     state_file = path / "training_state" / TRAINER_STATE
-    parent_schedule = load_info(path).get("schedule", "")
+    parent_schedule = P.model_info(path).get("schedule", "")
     if state_file.exists() and schedule in CONTINUABLE and parent_schedule in CONTINUABLE:
         lineage["continues_trunk"] = True
         return model, load_trainer_state(state_file), lineage

@@ -30,9 +30,10 @@ from fluxforge.data.tokenize import load_pretrained_tokenizer
 from fluxforge.eval.scoring import perplexity, score_mcq
 from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.pipeline.train_stages import _average, _sampler, _train, new_model
+from fluxforge.runtime import set_threads
 from fluxforge.track.runs import stage_run
 from fluxforge.train.flops import flops_per_token
-from fluxforge.train.loop import lm_objective, set_threads
+from fluxforge.train.loop import lm_objective
 from fluxforge.train.model import count_params
 
 log = logging.getLogger(__name__)

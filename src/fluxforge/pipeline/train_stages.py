@@ -18,7 +18,7 @@ from fluxforge.io import atomic_file, read_jsonl, write_json
 from fluxforge.track.runs import stage_run
 from fluxforge.train.engine import is_main_process, load_trainer_state
 from fluxforge.train.loop import Objective, Probe, lm_objective, train
-from fluxforge.train.model import TRAINER_STATE, count_params, init_model, load_info, load_model, save_model
+from fluxforge.train.model import TRAINER_STATE, count_params, init_model, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, OffsetSampler, PhasedSampler, Sampler, mixture_weights
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _run(params: Params, stage: str, name: str, cfg: TrainConfig, model: torch.n
     sampler, weights = _sampler(params, cfg, tok)
     probes: list[dict] = []
     ckpt_dir = P.CHECKPOINTS / name
-    parent_info = load_info(P.model_dir(parent)) if parent else {}
+    parent_info = P.model_info(P.model_dir(parent)) if parent else {}
     init_state = _init_state(cfg, parent)
     snapshots_dir = ckpt_dir / "snapshots"
     common = {"init_state": init_state}

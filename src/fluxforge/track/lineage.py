@@ -45,19 +45,6 @@ def dvc_stage_hash(stage: str, root: Path | str = ".") -> str:
         return ""
 
 
-def digest_path(path: Path | str) -> str:
-    """sha256 over a file, or over a directory's relative paths and file contents (sorted)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def lock_hashes(lock_path: Path | str = "dvc.lock") -> dict[str, str]:
     """{stage: md5 of its outputs} from dvc.lock, the data-side identity of each stage on the chain."""
     path = Path(lock_path)

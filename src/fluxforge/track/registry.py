@@ -18,10 +18,10 @@ from pathlib import Path
 
 from fluxforge import paths as P
 from fluxforge.config import GateConfig, Params
-from fluxforge.track.lineage import digest_path, git_commit, lock_hashes, stage_chain
+from fluxforge.io import digest_path
+from fluxforge.track.lineage import git_commit, lock_hashes, stage_chain
 from fluxforge.track.promotion import promote
 from fluxforge.track.runs import stage_run
-from fluxforge.train.model import load_info
 
 log = logging.getLogger(__name__)
 PYFUNC = Path(__file__).with_name("hf_pyfunc.py")
@@ -88,7 +88,7 @@ def _compute(model_name: str) -> dict[str, float]:
     """Training seconds and approximate FLOPs (6 x parameters x tokens) summed along the parent chain."""
     seconds, flops, name = 0.0, 0.0, model_name
     while name:
-        info, metrics = load_info(P.model_dir(name)), P.train_metrics(name)
+        info, metrics = P.model_info(P.model_dir(name)), P.train_metrics(name)
         seconds += float(metrics.get("train_seconds", 0.0))
         flops += 6.0 * info.get("parameters", 0) * info.get("tokens", 0)
         name = info.get("parent", "") if info.get("stage") != "distill" else ""  # a teacher's compute is not the student's
@@ -96,7 +96,7 @@ def _compute(model_name: str) -> dict[str, float]:
 
 
 def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
-    info = load_info(P.model_dir(model_name))
+    info = P.model_info(P.model_dir(model_name))
     compute = _compute(model_name)
     tags = {
         **git_commit(),

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fluxforge.config import Params
-from fluxforge.track.lineage import digest_path, dvc_stage_hash, git_commit
+from fluxforge.io import digest_path
+from fluxforge.track.lineage import dvc_stage_hash, git_commit
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -28,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluxforge.errors import FluxForgeError
+from fluxforge.secrets import redact
 
 LOOPBACK = "127.0.0.1"
-_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 
 
 class ServerStartError(FluxForgeError):
@@ -70,14 +68,6 @@ def free_port(host: str = LOOPBACK) -> int:
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Our environment plus ``extra``: the only way credentials reach a child server."""
     return {**os.environ, **(extra or {})}
-
-
-def redact(text: str, env: Mapping[str, str] | None = None) -> str:
-    """Mask the values of secret-looking variables in ``env`` and passwords inside URLs."""
-    for name, value in (env or {}).items():
-        if _SECRET_NAME.search(name) and len(value) >= 4:
-            text = text.replace(value, "***")
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def log_tail(log: Path | None, env: Mapping[str, str] | None = None, lines: int = 40) -> str:

@@ -89,7 +89,7 @@ class TargetCache:
     FORMAT = "targets-v2"  # bump when what is stored changes meaning, so old files are never read
 
     def __init__(self, root: Path, teacher_dirs: Sequence[Path], temperature: float, ensemble: str, top_k: int) -> None:
-        from fluxforge.track.lineage import digest_path
+        from fluxforge.io import digest_path
 
         h = hashlib.sha256(f"{self.FORMAT}|{temperature}|{ensemble}|{top_k}".encode())
         for d in teacher_dirs:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fluxforge.config import TrainConfig
+from fluxforge.runtime import set_threads
 from fluxforge.train.engine import make_engine
 from fluxforge.train.packing import document_attention
 from fluxforge.train.sampler import Batch, Sampler, as_batch
@@ -84,12 +85,6 @@ def run_fingerprint(model: torch.nn.Module, sampler: Sampler, cfg: TrainConfig, 
         if tensor.numel():
             h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def set_threads() -> None:
-    """Use every core we were given (CI has 2); torch defaults can oversubscribe."""
-    n = int(os.environ.get("FLUXFORGE_THREADS", "0")) or os.cpu_count() or 1
-    torch.set_num_threads(n)
 
 
 def train(

@@ -337,6 +337,3 @@ def load_model(path: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     return model, tok
 
 
-def load_info(path: Path | str) -> dict:
-    file = Path(path) / "training_state" / "info.json"
-    return json.loads(file.read_text()) if file.exists() else {}

@@ -1,0 +1,98 @@
+"""How a FluxForge process runs: quiet offline defaults, readable logs, CPU threads, and one stage's exit code.
+
+Every DVC stage is a recipe in ``stages/<name>.py`` whose ``main`` is wrapped by :func:`stage`; dvc.yaml's
+``cmd`` (``python -m stages.<name> [args]``) is the only registry of stages. The wrapper loads and validates
+the whole params file before any work (a typo fails the first stage, naming the key), turns a FluxForge
+error into its message and exit code 1 (bad params: 2), and keeps the traceback only for the unexpected.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
+
+QUIET_ENV = {
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def quiet_env() -> None:
+    """Offline, telemetry-free defaults for every tool a stage touches (the caller's settings win)."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("FLUXFORGE_LOG", "INFO"), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "great_expectations", "urllib3", "httpx", "filelock", "dvc", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def set_threads() -> None:
+    """Use every core we were given (CI has 2); torch defaults can oversubscribe."""
+    import torch
+
+    n = int(os.environ.get("FLUXFORGE_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+
+
+def run_stage(name: str, fn: Callable[..., None], *args: str, params_path: str = "params.yaml") -> int:
+    """Run stage ``name`` (``fn(params, *args)``); return a process exit code (0 ok, 2 bad params, 1 failure)."""
+    quiet_env()
+    setup_logging()
+    log = logging.getLogger(f"fluxforge.stage.{name}")
+    from fluxforge.config import ParamsError, load_params
+    from fluxforge.errors import FluxForgeError
+
+    try:
+        params = load_params(params_path)
+    except ParamsError as err:
+        print(f"fluxforge: stage '{name}' not started:\n{err}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        fn(params, *args)
+    except FluxForgeError as err:
+        print(f"fluxforge: stage '{name}' failed:\n{err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - last resort: keep the traceback, but say what failed first
+        traceback.print_exc()
+        print(f"\nfluxforge: stage '{name}' failed with an unexpected {type(err).__name__}: {err}\n"
+              f"(traceback above; please report it with the stage name and params.yaml)", file=sys.stderr)
+        return 1
+    log.info("stage '%s' done in %.1f s", name + (f"@{args[0]}" if args else ""), time.perf_counter() - t0)
+    return 0
+
+
+def stage(fn: Callable[..., None]) -> Callable[[], NoReturn]:
+    """Make ``fn(params, *argv)`` the ``main()`` of a stage script: ``python -m stages.<name> [args]``.
+
+    The stage's name is its module's name, so dvc.yaml's ``cmd`` is the only place it is written.
+    """
+    module = fn.__module__
+    if module == "__main__":  # `python -m stages.x`: the module runs as __main__, its spec keeps the name
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    name = module.rsplit(".", 1)[-1]
+
+    @functools.wraps(fn)
+    def main() -> NoReturn:
+        sys.exit(run_stage(name, fn, *sys.argv[1:]))
+
+    main.run = fn  # the recipe itself, for in-process callers (tests)
+    return main
