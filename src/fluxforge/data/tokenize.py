@@ -17,7 +17,9 @@ import pandas as pd
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from fluxforge.data.documents import slice_of
 from fluxforge.errors import DataError
+from fluxforge.io import atomic_dir, write_json
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -136,3 +138,28 @@ def load_streams(token_dir: Path | str, slices: Sequence[str]) -> dict[str, np.n
         meta = index["slices"][s]
         out[s] = np.memmap(token_dir / meta["file"], dtype=meta["dtype"], mode="r", shape=(meta["tokens"],))
     return out
+
+
+def pack_corpus(docs: pd.DataFrame, tok: PreTrainedTokenizerBase, out_dir: Path | str, source: str = "trained") -> dict:
+    """Write ``out_dir`` (atomically): the tokenizer, one packed stream per slice and its hosts, and ``index.json``.
+
+    Documents are packed per slice in (timestamp, id) order, so the streams are the same on every rerun.
+    Returns the stage's metrics: vocabulary size and tokens per slice.
+    """
+    docs = docs.assign(slice=slice_of(docs))
+    docs = docs.sort_values(["timestamp", "id"]).reset_index(drop=True)
+    dtype = dtype_for(len(tok))
+    index: dict = {"vocab_size": len(tok), "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "slices": {},
+                   "tokenizer": source}
+    with atomic_dir(Path(out_dir)) as tmp:
+        tok.save_pretrained(tmp)
+        for name, group in docs.groupby("slice", sort=True):
+            ids = encode_stream(tok, group["text"].tolist())
+            ids.astype(dtype).tofile(tmp / f"{name}.bin")
+            # each document's host in stream order: MeCo (train/meco.py) conditions training on "URL: <host>"
+            write_json(tmp / f"{name}.hosts.json", short_urls(group["url"]))
+            index["slices"][name] = {"file": f"{name}.bin", "tokens": int(len(ids)), "docs": int(len(group)),
+                                     "dtype": np.dtype(dtype).name, "hosts": f"{name}.hosts.json"}
+        write_json(tmp / "index.json", index)
+    return {"vocab_size": len(tok), "tokens": sum(s["tokens"] for s in index["slices"].values()),
+            "tokens_per_slice": {k: v["tokens"] for k, v in index["slices"].items()}}

@@ -6,14 +6,13 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fluxforge import paths as P
 from fluxforge.config import Params
 from fluxforge.data import contracts
 from fluxforge.data.dedup import dedup
-from fluxforge.data.documents import Ledger, read_docs, read_source, slice_of, source_files, write_docs
+from fluxforge.data.documents import Ledger, read_docs, read_source, source_files, write_docs
 from fluxforge.data.quality import score_against_labels
 from fluxforge.io import atomic_dir, write_json
 from fluxforge.track.runs import stage_run
@@ -157,34 +156,3 @@ def _funnel() -> dict:
 
     ingested = json.loads((P.METRICS / "ingest.json").read_text())["ingested"]
     return {"ingested": ingested, **{f"after_{stage}": kept(stage) for stage in ("ingest", "filter", "dedup")}}
-
-
-def tokenize(params: Params) -> None:
-    from fluxforge.data.tokenize import dtype_for, encode_stream, short_urls, train_tokenizer
-
-    df = read_docs(P.CURATED / "curated.parquet")
-    df["slice"] = slice_of(df)
-    df = df.sort_values(["timestamp", "id"]).reset_index(drop=True)
-    from fluxforge.train.model import base_tokenizer
-
-    # a base model (model.from_pretrained) only understands its own token ids: its tokenizer packs the streams
-    tok = base_tokenizer(params.model) or train_tokenizer(df["text"].tolist(), params.tokenizer.vocab_size,
-                                                          params.tokenizer.min_frequency)
-    index: dict = {"vocab_size": len(tok), "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "slices": {},
-                   "tokenizer": params.model.from_pretrained or "trained"}
-    with atomic_dir(P.TOKENS) as tmp:
-        tok.save_pretrained(tmp)
-        for name, group in df.groupby("slice", sort=True):
-            ids = encode_stream(tok, group["text"].tolist())
-            ids.astype(dtype_for(len(tok))).tofile(tmp / f"{name}.bin")
-            # each document's host in stream order: MeCo (train/meco.py) conditions training on "URL: <host>"
-            write_json(tmp / f"{name}.hosts.json", short_urls(group["url"]))
-            index["slices"][name] = {"file": f"{name}.bin", "tokens": int(len(ids)), "docs": int(len(group)),
-                                     "dtype": np.dtype(dtype_for(len(tok))).name, "hosts": f"{name}.hosts.json"}
-        write_json(tmp / "index.json", index)
-    metrics = {"vocab_size": len(tok), "tokens": sum(s["tokens"] for s in index["slices"].values()),
-               "tokens_per_slice": {k: v["tokens"] for k, v in index["slices"].items()}}
-    write_json(P.METRICS / "tokenize.json", metrics)
-    with stage_run("tokenize", params, params.tokenizer.model_dump(), inputs={"curated": P.CURATED}) as run:
-        run.metrics(metrics)
-    log.info("tokenize: vocab %d, %d tokens in %d slices", len(tok), metrics["tokens"], len(index["slices"]))

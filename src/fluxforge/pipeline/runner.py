@@ -11,7 +11,7 @@ from fluxforge import runtime
 # stage -> (module, function): imported lazily so data stages do not pay for torch
 _STAGES = {
     "world": ("data_stages", "world"), "ingest": ("data_stages", "ingest"), "validate": ("data_stages", "validate"),
-    "filter": ("data_stages", "filter_docs"), "dedup": ("data_stages", "dedup_docs"), "tokenize": ("data_stages", "tokenize"),
+    "filter": ("data_stages", "filter_docs"), "dedup": ("data_stages", "dedup_docs"),
     "pretrain": ("train_stages", "pretrain"), "continual": ("train_stages", "continual"), "distill": ("train_stages", "distill"),
     "study": ("study_stages", "study"), "stream": ("stream_stages", "stream"),
     "evaluate": ("eval_stages", "evaluate"), "register": ("eval_stages", "register"), "report": ("eval_stages", "report"),
