@@ -1,0 +1,77 @@
+"""The pipeline as dvc.yaml describes it, read through DVC's own API and nothing else.
+
+dvc.yaml is the only description of the DAG: stage names and order, commands, outputs, metrics files and
+which stages want a GPU (``meta: {gpu: true}``) are read from it here, never mirrored in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fluxforge.errors import FluxForgeError
+
+
+class DagError(FluxForgeError):
+    """A stage that dvc.yaml does not define, or a dvc.yaml DVC cannot read."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of dvc.yaml (``foreach`` items expanded, e.g. ``continual@cyber``)."""
+
+    name: str
+    cmd: str
+    desc: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # cached outputs that are neither metrics nor plots
+    metrics: tuple[str, ...]
+    plots: tuple[str, ...]
+    gpu: bool  # meta: {gpu: true}: a refresh may hand it to a GPU work pool
+
+
+def read(root: Path | str = ".") -> list[Stage]:
+    """Every stage of ``root``/dvc.yaml, in dependency order (a stage after everything it depends on)."""
+    import networkx as nx
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            graph = repo.index.graph  # edges point from a stage to the stages it depends on
+            ordered = list(reversed(list(nx.topological_sort(graph))))
+    except DvcException as err:
+        raise DagError(f"{Path(root) / 'dvc.yaml'}: DVC cannot read the pipeline: {err}") from err
+    return [_stage(st) for st in ordered if hasattr(st, "cmd")]
+
+
+def _stage(st) -> Stage:  # noqa: ANN001 - a dvc.stage.PipelineStage
+    meta = st.meta or {}
+    cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
+    return Stage(
+        name=st.addressing.rsplit(":", 1)[-1], cmd=cmd, desc=st.desc or "", deps=tuple(d.def_path for d in st.deps),
+        outs=tuple(o.def_path for o in st.outs if not (o.metric or o.plot)),
+        metrics=tuple(o.def_path for o in st.outs if o.metric), plots=tuple(o.def_path for o in st.outs if o.plot),
+        gpu=bool(meta.get("gpu", False)),
+    )
+
+
+def names(root: Path | str = ".") -> list[str]:
+    return [s.name for s in read(root)]
+
+
+def get(name: str, root: Path | str = ".") -> Stage:
+    """The stage called ``name``; a name dvc.yaml does not define is a clear error listing the ones it does."""
+    stages = {s.name: s for s in read(root)}
+    if name not in stages:
+        raise DagError(f"no stage '{name}' in {Path(root) / 'dvc.yaml'} (stages: {', '.join(stages)})")
+    return stages[name]
+
+
+def metrics_file(stage: str, filename: str | None = None, root: Path | str = ".") -> Path:
+    """The metrics file a stage writes (``filename`` picks one when it writes several)."""
+    files = [m for m in get(stage, root).metrics if filename is None or Path(m).name == filename]
+    if len(files) != 1:
+        raise DagError(f"stage '{stage}' in dvc.yaml has metrics {list(get(stage, root).metrics)}; "
+                       f"cannot pick one{f' named {filename}' if filename else ''}")
+    return Path(root) / files[0]
