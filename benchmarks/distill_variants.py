@@ -27,10 +27,11 @@ from fluxforge import paths as P  # noqa: E402
 from fluxforge.config import load_params  # noqa: E402
 from fluxforge.eval.evaluate import evaluate_model  # noqa: E402
 from fluxforge.io import read_jsonl  # noqa: E402
-from fluxforge.pipeline.train_stages import _sampler, new_model, teacher_dir  # noqa: E402
+from fluxforge.track.resolve import dag_or_registry_dirs  # noqa: E402
 from fluxforge.train.distill import TargetCache, distillation_objective, keep_layers  # noqa: E402
+from fluxforge.train.job import sampler_for  # noqa: E402
 from fluxforge.train.loop import train  # noqa: E402
-from fluxforge.train.model import load_model  # noqa: E402
+from fluxforge.train.model import load_model, new_model  # noqa: E402
 
 
 def main() -> None:
@@ -39,11 +40,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override distill.steps")
     args = ap.parse_args()
     params = load_params(args.params)
-    if not (P.TOKENS / "index.json").exists() or not (teacher_dir(params.teacher_names()[0]) / "config.json").exists():
+    (tdir,), _ = dag_or_registry_dirs(params.teacher_names()[:1])
+    if not (P.TOKENS / "index.json").exists() or not (tdir / "config.json").exists():
         sys.exit("distill_variants needs the DAG's tokens and teacher model: run `make run` (or `dvc repro`) first")
     cfg = params.distill if args.steps is None else params.distill.model_copy(update={"steps": args.steps})
     layers = cfg.student_layers or [0, params.model.num_layers - 1]
-    tdir = teacher_dir(params.teacher_names()[0])
     teacher, tok = load_model(tdir)
     heldout, questions = read_jsonl(P.WORLD / "eval" / "heldout.jsonl"), read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
     ev = params.evaluate
@@ -55,13 +56,13 @@ def main() -> None:
     rows = [("teacher " + params.teacher_names()[0], "-", score(teacher))]
     cache_root = Path(tempfile.mkdtemp(prefix="ff-kd-cache-"))
     variants = [
-        ("scratch: `student` config", lambda: new_model(params, cfg.student), 0, None),
+        ("scratch: `student` config", lambda: new_model(cfg.student, P.TOKENS), 0, None),
         (f"cut: layers {layers} of the teacher", lambda: keep_layers(teacher, layers), 0, None),
         (f"cut {layers}, top-64 targets, cold cache", lambda: keep_layers(teacher, layers), 64, "cold"),
         (f"cut {layers}, top-64 targets, warm cache", lambda: keep_layers(teacher, layers), 64, "warm"),
     ]
     for name, make, top_k, cache_state in variants:
-        sampler, _ = _sampler(params, cfg)
+        sampler, _ = sampler_for(params, cfg, tok)
         cache = TargetCache(cache_root, [tdir], cfg.temperature, cfg.ensemble, top_k) if cache_state else None
         student = make()
         objective = distillation_objective([teacher], cfg.temperature, cfg.alpha, cfg.ensemble, top_k, cache)

@@ -1,6 +1,48 @@
-"""DVC stage `stream`: a continual stream of tasks with replay (fixed or CMR-planned), strategies and merging (params `stream`)."""
+"""DVC stage `stream`: a continual stream of tasks with planned replay, stability strategies, schedules and merging."""
 
-from fluxforge.pipeline.runner import main
+import logging
+import shutil
 
-if __name__ == "__main__":  # a process pool re-imports __main__ in its workers
-    main("stream")
+from fluxforge import paths as P
+from fluxforge.config import Params
+from fluxforge.continual.runner import GAP_FIELDS, EvalSets, run_stream, summarize, tracked, without_replay
+from fluxforge.data.tokenize import load_pretrained_tokenizer
+from fluxforge.io import write_json
+from fluxforge.runtime import set_threads, stage
+from fluxforge.track.runs import stage_run
+from fluxforge.train.job import write_rows
+from fluxforge.train.model import count_params, save_model
+
+log = logging.getLogger("fluxforge.stage.stream")
+
+
+@stage
+def main(params: Params) -> None:
+    s, out_model = params.stream, P.MODELS / "stream"
+    if s is None or not s.enabled:  # the outputs still exist (DVC needs them), empty
+        write_json(P.METRICS / "stream.json", {"skipped": "params has no stream section (or stream.enabled: false)"})
+        write_rows([], P.PLOTS / "stream" / "gap.csv", GAP_FIELDS)
+        shutil.rmtree(out_model, ignore_errors=True)
+        out_model.mkdir(parents=True)
+        return
+    set_threads()
+    tok, evals = load_pretrained_tokenizer(P.TOKENS), EvalSets.for_stream(params, s)
+    with stage_run("stream", params, s.model_dump(), inputs={"tokens": P.TOKENS}) as run:
+        res = run_stream(params, s, tok, evals)
+        plain = run_stream(params, other, tok, evals, with_replay=False) if (other := without_replay(s, res)) else None
+        write_json(P.METRICS / "stream.json", summary := summarize(params, s, res, plain))
+        write_rows(res["gap"], P.PLOTS / "stream" / "gap.csv", GAP_FIELDS)
+        save_model(res["final"], tok, out_model, {"name": "stream", "stage": "stream", **res["lineage"], "tasks": res["order"],
+                                                  "replay_ratios": res["ratios"], "parameters": count_params(res["final"]),
+                                                  "schedule": params.stream_train().schedule})
+        metrics, tags = tracked(summary)
+        if "parent_version" in res["lineage"]:
+            tags.update({"fluxforge.parent": s.init, "fluxforge.parent_version": res["lineage"]["parent_version"]})
+        run.metrics(metrics)
+        run.tags(tags)
+    log.info("stream: %s; base-data perplexity rise %s", " -> ".join(res["order"]),
+             {k: f"{v:+.1%}" for k, v in summary["general_ppl_rise"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from fluxforge.config import ModelConfig, TrainConfig
-from fluxforge.errors import DataError
 from fluxforge.train.engine import EngineError, checkpoints, load_trainer_state
 from fluxforge.train.loop import lm_objective, train
 from fluxforge.train.model import build_model
@@ -147,32 +146,32 @@ def test_meco_phases_share_one_schedule_and_masks_reach_the_loss():
 
 
 def test_growth_trains_small_then_stacked_model_on_one_axis(tmp_path):
-    from fluxforge.pipeline.train_stages import _train, growth_split
+    from fluxforge.train.growth import GrowthError, growth_split
+    from fluxforge.train.job import train_phases
 
     small = build_model(TINY.model_copy(update={"num_layers": 1}), 64, EOS, 1)
     cfg = _cfg(steps=10, growth={"factor": 2, "fraction": 0.4})
     assert growth_split(small, cfg) == 4
-    grown, hist = _train(small, _sampler(), cfg, lm_objective(), tmp_path, "g")
+    grown, hist = train_phases(small, _sampler(), cfg, lm_objective(), tmp_path, "g")
     assert grown.config.num_hidden_layers == 2
     assert [r["step"] for r in hist] == list(range(1, 11))
     assert hist[-1]["tokens"] == 10 * 8 * 16
-    with pytest.raises(DataError, match="each phase needs >= 2 steps"):
+    with pytest.raises(GrowthError, match="each phase needs >= 2 steps"):
         growth_split(small, _cfg(steps=10, growth={"factor": 2, "fraction": 0.1}))
 
 
 def test_averaging_snapshots_the_last_k_steps_and_averages_them(tmp_path):
-    from fluxforge.pipeline.train_stages import _average, _averaging_hook
-    from fluxforge.train.averaging import snapshots
+    from fluxforge.train.averaging import average_snapshots, snapshot_hook, snapshots
 
     cfg = _cfg(steps=12, averaging={"method": "sma", "k": 3, "every": 2})
     model = _model()
-    train(model, _sampler(), cfg, on_step=_averaging_hook(cfg, tmp_path))
+    train(model, _sampler(), cfg, on_step=snapshot_hook(cfg, tmp_path))
     paths = snapshots(tmp_path)
     assert [p.name for p in paths] == [f"step-{s:09d}.safetensors" for s in (8, 10, 12)]
     from safetensors.torch import load_file
 
     mean = {k: sum(load_file(p)[k] for p in paths) / 3 for k in load_file(paths[0])}
-    info = _average(cfg, model, tmp_path)
+    info = average_snapshots(cfg, model, tmp_path)
     assert info["steps"] == [8, 10, 12] and info["weights"] == pytest.approx([1 / 3] * 3)
     for k, v in mean.items():
         assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k
@@ -184,7 +183,7 @@ def test_a_deployable_copy_is_the_trunk_forked_at_the_anneal_and_equals_an_annea
     import logging
 
     from fluxforge import paths as P
-    from fluxforge.pipeline.stream_stages import train_task
+    from fluxforge.continual.runner import train_task
 
     monkeypatch.setattr(P, "CHECKPOINTS", tmp_path)
     cfg = _cfg(steps=20, schedule="wsd", decay_fraction=0.25)

@@ -235,15 +235,16 @@ def curated(n: int = 30) -> pd.DataFrame:
 
 
 def test_tokenize_stage_writes_aligned_hosts(in_tmp, tiny_params):  # noqa: ANN001
+    from stages.tokenize import main as tokenize
+
     from fluxforge import paths as P
     from fluxforge.data.documents import write_docs
     from fluxforge.data.tokenize import load_tokenizer
-    from fluxforge.pipeline.data_stages import tokenize
 
     docs = curated()
     P.CURATED.mkdir(parents=True)
     write_docs(docs, P.CURATED / "curated.parquet")
-    tokenize(tiny_params)
+    tokenize.run(tiny_params)
 
     index = json.loads((P.TOKENS / "index.json").read_text())
     host_of = {t: short_url(u) for t, u in zip(docs["text"], docs["url"])}

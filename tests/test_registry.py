@@ -86,11 +86,12 @@ def test_register_promote_then_refuse_a_worse_challenger(tiny_params, tiny_model
 
     # and a registered version serves as a distillation teacher, pinned to the version the alias names now
     import fluxforge.track.resolve as resolve
-    from fluxforge.pipeline.train_stages import teacher_dir
+    from fluxforge.track.resolve import dag_or_registry_dirs
     from fluxforge.train.model import load_model
 
     monkeypatch.setattr(resolve, "CACHE", tiny_model_dir.parents[2] / "model-cache")
-    path = teacher_dir(f"models:/{name}@champion")
+    (path,), versions = dag_or_registry_dirs([f"models:/{name}@champion"])
+    assert versions == {f"models:/{name}@champion": f"{name}/1"}
     assert path.parts[-4:] == (name, "1", "artifacts", "hf")
     assert load_model(path)[0].config.hidden_size == 16
 

@@ -12,8 +12,8 @@ import yaml
 
 from fluxforge import paths as P
 from fluxforge.config import parse_params
+from fluxforge.continual.runner import Data, task_config
 from fluxforge.data.tokenize import encode_stream, train_tokenizer
-from fluxforge.pipeline.stream_stages import Data, task_config
 
 TINY = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "tiny.yaml").read_text())
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()

@@ -57,7 +57,7 @@ def test_training_keys_a_task_cannot_set_are_refused():
 
 def test_meta_cosine_task_peaks_are_non_increasing_and_start_near_the_peak():
     """methods.md section 8 test 6: the autoregressive meta-schedule's per-task peak is non-increasing in t."""
-    from fluxforge.pipeline.stream_stages import meta_cosine_peak
+    from fluxforge.train.schedule import meta_cosine_peak
 
     peaks = [meta_cosine_peak(1e-3, 1e-4, t, steps=100, warmup=10) for t in range(6)]
     assert all(a >= b for a, b in zip(peaks, peaks[1:]))

@@ -43,6 +43,11 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def is_main_rank() -> bool:
+    """Rank 0 of a launched job (torchrun / deepspeed set ``RANK``), or the only process: it writes and logs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def set_threads() -> None:
     """Use every core we were given (CI has 2); torch defaults can oversubscribe."""
     import torch

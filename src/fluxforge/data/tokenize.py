@@ -126,10 +126,18 @@ def short_urls(urls: Sequence[str | None] | pd.Series) -> list[str]:
     return s.str.replace(_SCHEME, "", regex=True).str.replace(_PATH, "", regex=True).tolist()
 
 
+def read_index(token_dir: Path | str) -> dict:
+    """The tokenize stage's ``index.json``: vocabulary size, special ids and each slice's stream."""
+    file = Path(token_dir) / "index.json"
+    if not file.exists():
+        raise DataError(f"{file} not found: run the tokenize stage first")
+    return json.loads(file.read_text())
+
+
 def load_streams(token_dir: Path | str, slices: Sequence[str]) -> dict[str, np.ndarray]:
     """Memory-map the packed streams of the given slices."""
     token_dir = Path(token_dir)
-    index = json.loads((token_dir / "index.json").read_text())
+    index = read_index(token_dir)
     out = {}
     for s in slices:
         if s not in index["slices"]:

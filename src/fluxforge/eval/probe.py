@@ -9,11 +9,13 @@ headline results, which the evaluate stage computes on the full sets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from fluxforge.eval.scoring import perplexity, score_mcq
+from fluxforge.io import read_jsonl
 from fluxforge.train.loop import Probe
 
 
@@ -34,3 +36,9 @@ def capability_probe(tok: PreTrainedTokenizerFast, questions: Sequence[dict], he
         return out
 
     return probe
+
+
+def world_probe(tok: PreTrainedTokenizerFast, eval_dir: Path | str, per_domain: int, seq_len: int) -> Probe:
+    """The capability probe on the generated world's questions and held-out documents (``data/world/eval``)."""
+    eval_dir = Path(eval_dir)
+    return capability_probe(tok, read_jsonl(eval_dir / "mcq.jsonl"), read_jsonl(eval_dir / "heldout.jsonl"), per_domain, seq_len)

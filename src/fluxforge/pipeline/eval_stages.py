@@ -14,9 +14,8 @@ from fluxforge.errors import DataError
 from fluxforge.eval.evaluate import accuracy_table, distillation_summary, evaluate_model
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
 from fluxforge.io import atomic_file, digest_path, read_jsonl, write_json
-from fluxforge.pipeline.train_stages import new_model
 from fluxforge.track.runs import stage_run
-from fluxforge.train.model import load_model
+from fluxforge.train.model import load_model, new_model
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def evaluate(params: Params) -> None:
     results, per_question = {}, []
     for name in model_names(params):
         if name == "untrained":
-            model, tok = new_model(params, params.model), load_tokenizer(P.TOKENS)
+            model, tok = new_model(params.model, P.TOKENS), load_tokenizer(P.TOKENS)
         else:
             model, tok = load_model(P.model_dir(name))
         r, per_q = evaluate_model(model, tok, heldout, questions, params.evaluate.seq_len, params.evaluate.batch_size)

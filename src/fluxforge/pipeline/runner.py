@@ -12,8 +12,6 @@ from fluxforge import runtime
 _STAGES = {
     "world": ("data_stages", "world"), "ingest": ("data_stages", "ingest"), "validate": ("data_stages", "validate"),
     "filter": ("data_stages", "filter_docs"), "dedup": ("data_stages", "dedup_docs"),
-    "pretrain": ("train_stages", "pretrain"), "continual": ("train_stages", "continual"), "distill": ("train_stages", "distill"),
-    "study": ("study_stages", "study"), "stream": ("stream_stages", "stream"),
     "evaluate": ("eval_stages", "evaluate"), "register": ("eval_stages", "register"), "report": ("eval_stages", "report"),
 }
 STAGES = tuple(_STAGES)

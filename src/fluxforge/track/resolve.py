@@ -8,12 +8,15 @@ evaluations of ``models:/NAME@champion`` from refetching the weights.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
+from fluxforge import paths as P
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir
 
+log = logging.getLogger(__name__)
 CACHE = Path(os.environ.get("FLUXFORGE_MODEL_CACHE", Path.home() / ".cache" / "fluxforge" / "models"))
 
 
@@ -69,3 +72,17 @@ def local_model_path(spec: str | Path) -> Path:
     if not (hf / "config.json").exists():
         raise ModelURIError(f"{spec} (version {version}) holds no HF directory at artifacts/hf; it was not logged by FluxForge")
     return hf
+
+
+def dag_or_registry_dirs(specs: list[str]) -> tuple[list[Path], dict[str, str]]:
+    """Local directories of models named by the DAG (``pretrain``, ``continual/<task>``) or the registry.
+
+    Returns the directories and, for each registry URI, the ``NAME/VERSION`` it meant at this moment
+    (pinned: a later promotion does not change what this run used).
+    """
+    registry = [s for s in specs if s.startswith("models:/")]
+    if registry:
+        log.warning("registry models are not DVC dependencies; `dvc repro` reruns this stage only when something "
+                    "else changes (use `dvc repro -f <stage>` after a new champion)")
+    versions = {s: "/".join(version_of(s)) for s in registry}
+    return [local_model_path(s) if s in versions else P.model_dir(s) for s in specs], versions

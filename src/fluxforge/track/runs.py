@@ -13,6 +13,7 @@ from typing import Any
 
 from fluxforge.config import Params
 from fluxforge.io import digest_path
+from fluxforge.runtime import is_main_rank
 from fluxforge.track.lineage import dvc_stage_hash, git_commit
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ class StageRun:
 
 @contextmanager
 def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = None,
-              inputs: Mapping[str, Path | str | list[Path]] | None = None) -> Iterator[StageRun]:
-    """Open an MLflow run for a DVC stage with its lineage already logged."""
+              inputs: Mapping[str, Path | str | list[Path]] | None = None) -> Iterator[StageRun | None]:
+    """Open an MLflow run for a DVC stage with its lineage already logged (rank 0 only; other ranks get None)."""
+    if not is_main_rank():  # the other ranks of a DeepSpeed job train their share; rank 0 logs the one run
+        yield None
+        return
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset

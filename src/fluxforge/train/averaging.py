@@ -20,8 +20,9 @@ directories; :func:`save_snapshot` writes the former during a run.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -30,9 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from fluxforge.config import TrainConfig
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir, write_json
 
+log = logging.getLogger(__name__)
 Method = Literal["sma", "ema", "wma"]
 METHODS: tuple[str, ...] = ("sma", "ema", "wma")
 EMA_ALPHA = 0.2  # methods.md section 5: "EMA with decay ~0.2 over the last 6 checkpoints"
@@ -276,3 +279,31 @@ def save_snapshot(model: torch.nn.Module, directory: Path | str, step: int, keep
 def snapshots(directory: Path | str) -> list[Path]:
     """Snapshots in ``directory``, oldest first (by step)."""
     return sorted(Path(directory).glob("step-*.safetensors"))
+
+
+def snapshot_hook(cfg: TrainConfig, directory: Path) -> Callable[[int, torch.nn.Module], None] | None:
+    """A training step hook that snapshots every ``averaging.every`` steps over the last ``k * every`` (end included)."""
+    avg = cfg.averaging
+    if avg.method == "none":
+        return None
+    first = cfg.steps - (avg.k - 1) * avg.every
+
+    def hook(step: int, model: torch.nn.Module) -> None:
+        if step >= first and (cfg.steps - step) % avg.every == 0:
+            save_snapshot(model, directory, step, keep=avg.k)
+
+    return hook
+
+
+def average_snapshots(cfg: TrainConfig, model: PreTrainedModel, directory: Path) -> dict | None:
+    """Replace ``model``'s weights by the average of the run's last snapshots; None when averaging is off.
+
+    Returns what lineage records: the method, the averaged steps and their weights.
+    """
+    if cfg.averaging.method == "none":
+        return None
+    paths = snapshots(directory)
+    weights = load_averaged(model, paths, cfg.averaging.method, cfg.averaging.k, cfg.averaging.alpha)
+    steps = [int(p.stem.split("-")[1]) for p in paths[-len(weights):]]
+    log.info("averaging: %s of steps %s with weights %s", cfg.averaging.method, steps, [round(w, 3) for w in weights])
+    return {"method": cfg.averaging.method, "steps": steps, "weights": weights}

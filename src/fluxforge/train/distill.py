@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fluxforge.config import DistillConfig
 from fluxforge.errors import DataError
 from fluxforge.train.loop import Objective
+from fluxforge.train.model import count_params, load_model, new_model
 from fluxforge.train.sampler import Batch, as_batch
 
 log = logging.getLogger(__name__)
@@ -168,3 +170,24 @@ def keep_layers(teacher: torch.nn.Module, layers: Sequence[int]) -> torch.nn.Mod
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise DataError(f"cannot cut layers from a {type(teacher).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return student
+
+
+@dataclass
+class DistillationSetup:
+    student: torch.nn.Module
+    objective: Objective
+    cache: TargetCache | None
+    info: dict  # the student's lineage: teachers, pinned registry versions, committee rule, how it was built
+
+
+def distillation_setup(cfg: DistillConfig, names: Sequence[str], dirs: Sequence[Path], versions: dict[str, str],
+                       token_dir: Path, cache_root: Path) -> DistillationSetup:
+    """Load the teachers, build the student (cut from the first teacher's layers, or from its config) and the objective."""
+    teachers = [load_model(d)[0] for d in dirs]
+    student = keep_layers(teachers[0], cfg.student_layers) if cfg.student_layers else new_model(cfg.student, token_dir)
+    cache = TargetCache(cache_root, dirs, cfg.temperature, cfg.ensemble, cfg.top_k) if cfg.teacher_cache else None
+    objective = distillation_objective(teachers, cfg.temperature, cfg.alpha, cfg.ensemble, cfg.top_k, cache)
+    info = {"teacher": ",".join(names), "teachers": list(names), "teacher_versions": versions,
+            "ensemble": cfg.ensemble if len(names) > 1 else "", "teacher_parameters": max(count_params(t) for t in teachers),
+            "student_init": f"layers {cfg.student_layers} of {names[0]}" if cfg.student_layers else "config"}
+    return DistillationSetup(student, objective, cache, info)

@@ -15,6 +15,7 @@ would leave g layers writing into the same cache slot.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from numbers import Integral
@@ -22,8 +23,10 @@ from numbers import Integral
 import torch
 from transformers import PreTrainedModel
 
+from fluxforge.config import TrainConfig
 from fluxforge.errors import FluxForgeError
 
+log = logging.getLogger(__name__)
 GROWTH_FACTOR = 4  # methods.md section 6, README guideline: g = 4
 # log10(d) = A*log10(N) + B/log10(C) - E (prts README; methods.md section 6): d and N in tokens / parameters, C in FLOPs
 TIMING_A, TIMING_B, TIMING_E = 0.88, 163.27, 5.74
@@ -126,3 +129,18 @@ def growth_step(n_params: float, total_tokens: float, tokens_per_step: int, max_
     d = growth_tokens(n_params, tokens=total_tokens)
     cap = max_fraction * total_tokens
     return max(1, math.ceil(min(d, cap) / tokens_per_step)), d > cap
+
+
+def growth_split(model: torch.nn.Module, cfg: TrainConfig) -> int:
+    """Steps the small model trains before stacking: ``growth.fraction`` of the run, or the G_stack formula."""
+    if cfg.growth.fraction is not None:
+        first = round(cfg.growth.fraction * cfg.steps)
+    else:
+        layer = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+        target = sum(p.numel() for p in model.parameters()) + (cfg.growth.factor - 1) * layer
+        first, capped = growth_step(target, cfg.steps * cfg.batch_size * cfg.seq_len, cfg.batch_size * cfg.seq_len)
+        if capped:
+            log.warning("growth: the G_stack timing formula asks for more tokens than half this run; stacking at half")
+    if not 2 <= first <= cfg.steps - 2:
+        raise GrowthError(f"growth: the small model would train {first} of {cfg.steps} steps; each phase needs >= 2 steps")
+    return first

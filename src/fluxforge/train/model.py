@@ -38,7 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from fluxforge.config import ModelConfig
-from fluxforge.data.tokenize import load_pretrained_tokenizer, load_tokenizer
+from fluxforge.data.tokenize import load_pretrained_tokenizer, load_tokenizer, read_index
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir, write_json
 
@@ -119,6 +119,11 @@ def init_model(cfg: ModelConfig, tokens_index: dict | None = None,
     if tokens_index is not None:
         check_tokens_match(tok, tokens_index, cfg.from_pretrained)
     return model, tok
+
+
+def new_model(cfg: ModelConfig, token_dir: Path | str) -> PreTrainedModel:
+    """A model from its config (vocabulary from the tokenize stage's ``token_dir``), or the base checkpoint."""
+    return init_model(cfg, read_index(token_dir))[0]
 
 
 def base_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase | None:

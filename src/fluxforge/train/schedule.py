@@ -166,3 +166,14 @@ def _infinite(cfg: TrainConfig, continuing: bool, anneal: bool) -> Schedule:
         return const
 
     return f
+
+
+def meta_cosine_peak(lr: float, min_lr: float, task: int, steps: int, warmup: int) -> float:
+    """Task ``task``'s peak LR under FoMo-in-Flux's autoregressive cosine meta-schedule (methods.md section 8).
+
+    ``base_lr_t = min + 1/2 (1 + cos(pi e / es)) (lr - min)`` with ``e = t (S - W) + 1`` and
+    ``es = (t + 1)(S - W)``: the first task peaks at ~lr, later tasks at ever lower peaks.
+    """
+    span = max(steps - warmup, 1)
+    e, es = task * span + 1, (task + 1) * span
+    return min_lr + 0.5 * (1 + math.cos(math.pi * e / es)) * (lr - min_lr)

@@ -1,4 +1,4 @@
-"""Stage ``stream``: a continual stream of tasks (FoMo-in-Flux style) with replay, strategies, schedules and merging.
+"""A continual stream of tasks (FoMo-in-Flux style) with replay, strategies, schedules and merging.
 
 Each task trains on its new slices for a fixed token budget (the same for every method), mixed with replay of
 the base model's pretraining data and, when configured, of a capped buffer of earlier tasks' documents, at a
@@ -7,16 +7,13 @@ be shaped against the stability gap (section 4). With a wsd/infinite schedule a 
 through all tasks without re-warming, and each task's deployable model is an annealed fork of the trunk
 (section 2); a cosine schedule re-warms per task (the baseline). After every task the deployable model (and
 its merge with earlier ones, section 8) is evaluated on every task's held-out set and on the base data: the
-accuracy/perplexity matrices, knowledge accumulation, retention, forgetting and backward transfer.
-
-Everything lands in ``metrics/stream.json`` (the report's "Continual stream" section), the stability-gap
-curves in ``plots/stream/gap.csv``, and one MLflow run. The final deployable model is ``models/stream``.
+accuracy/perplexity matrices, knowledge accumulation, retention, forgetting and backward transfer
+(:func:`summarize`, the ``stream`` stage's ``metrics/stream.json``).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import shutil
@@ -28,35 +25,40 @@ from fluxforge import paths as P
 from fluxforge.config import Params, StreamConfig, StreamTask, TrainConfig
 from fluxforge.continual.metrics import continual_metrics
 from fluxforge.continual.replay import ReplayBuffer
-from fluxforge.data.tokenize import load_pretrained_tokenizer, load_streams
+from fluxforge.data.tokenize import load_streams
 from fluxforge.errors import DataError
+from fluxforge.eval.heldout import HeldOut
 from fluxforge.eval.scoring import perplexity, score_mcq
-from fluxforge.io import atomic_file, read_jsonl, write_json
-from fluxforge.runtime import set_threads
-from fluxforge.track.runs import stage_run
 from fluxforge.train.engine import load_trainer_state
 from fluxforge.train.loop import lm_objective, train
-from fluxforge.train.model import TRAINER_STATE, count_params, load_model, save_model
+from fluxforge.train.model import TRAINER_STATE, load_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
-from fluxforge.train.schedule import CONTINUABLE, anneal_start
+from fluxforge.train.schedule import CONTINUABLE, anneal_start, meta_cosine_peak
 
 log = logging.getLogger(__name__)
 BASE = "base"  # the column of the base model's pretraining data: retention
+GAP_FIELDS = ["task", "step", "tokens", "general_loss", "domain_loss"]
 
 
 class EvalSets:
     """Held-out documents and questions per column (each task's slices, and the base data)."""
 
     def __init__(self, params: Params, columns: dict[str, list[str]], eval_docs: int) -> None:
-        held = read_jsonl(P.WORLD / "eval" / "heldout.jsonl")
-        qs = read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
-        self.docs = {c: [h["text"] for h in held if h["slice"] in sl] for c, sl in columns.items()}
-        self.questions = {c: [q for q in qs if q["slice"] in sl] for c, sl in columns.items()}
+        heldout = HeldOut(P.WORLD / "eval")
+        self.docs = {c: heldout.docs(sl) for c, sl in columns.items()}
+        self.questions = {c: heldout.questions_of(sl) for c, sl in columns.items()}
         self.small = {c: d[:eval_docs] for c, d in self.docs.items()}  # for the planner and the gap curves
         empty = [c for c, d in self.docs.items() if not d]
         if empty:
             raise DataError(f"stream: no held-out documents for {empty} in data/world/eval/heldout.jsonl")
         self.params = params
+
+    @classmethod
+    def for_stream(cls, params: Params, s: StreamConfig) -> EvalSets:
+        """One column per task (its slices) and the base column (the replay slices, else pretrain's)."""
+        columns = {t.name: params.expand(t.slices) for t in s.tasks}
+        columns[BASE] = params.expand(s.replay.slices) or params.expand(params.pretrain.slices)
+        return cls(params, columns, s.planner.eval_docs)
 
     def loss(self, model: torch.nn.Module, tok, column: str) -> float:  # noqa: ANN001
         e = self.params.evaluate
@@ -133,17 +135,6 @@ class Data:
         if self.buffer is not None:
             for name, st in load_streams(P.TOKENS, self.params.expand(task.slices)).items():
                 self.buffer.add(f"{task.name}:{name}", np.asarray(st))
-
-
-def meta_cosine_peak(lr: float, min_lr: float, task: int, steps: int, warmup: int) -> float:
-    """Task ``task``'s peak LR under FoMo-in-Flux's autoregressive cosine meta-schedule (methods.md section 8).
-
-    ``base_lr_t = min + 1/2 (1 + cos(pi e / es)) (lr - min)`` with ``e = t (S - W) + 1`` and
-    ``es = (t + 1)(S - W)``: the first task peaks at ~lr, later tasks at ever lower peaks.
-    """
-    span = max(steps - warmup, 1)
-    e, es = task * span + 1, (task + 1) * span
-    return min_lr + 0.5 * (1 + math.cos(math.pi * e / es)) * (lr - min_lr)
 
 
 def task_config(base: TrainConfig, task: StreamTask, index: int, task_peak: str = "constant") -> TrainConfig:
@@ -237,7 +228,7 @@ def train_task(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig
     return deploy, export
 
 
-def _merge(running: dict | None, model: torch.nn.Module, init: dict, s: StreamConfig) -> dict | None:
+def merge_step(running: dict | None, model: torch.nn.Module, init: dict, s: StreamConfig) -> dict | None:
     from fluxforge.continual.merge import ema_merge, interpolate
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -248,7 +239,7 @@ def _merge(running: dict | None, model: torch.nn.Module, init: dict, s: StreamCo
     return interpolate(init, state, s.merge.weight)
 
 
-def _load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, dict]:
+def load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, dict]:
     """The stream's starting model, the trunk state to continue (if its schedule allows), and its lineage.
 
     ``models:/NAME@champion`` refreshes from the registry: weights and ``training_state/`` come from the
@@ -283,7 +274,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
     by_name = {t.name: t for t in tasks}
     streams = load_streams(P.TOKENS, params.world.slices()) if s.ordering == "similarity" else None
     difficulty = None
-    model, opt_state, lineage = _load_init(s.init, base_cfg.schedule)
+    model, opt_state, lineage = load_init(s.init, base_cfg.schedule)
     if s.ordering == "difficulty":
         difficulty = {t.name: evals.loss(model, tok, t.name) for t in tasks}
     order = order_tasks([Task(t.name, tuple(t.slices), t.budget_tokens) for t in tasks], s.ordering, seed=s.seed,
@@ -312,7 +303,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
         gap += [{"task": name, "step": p["step"], "tokens": p["step"] * tokens_per_step, **p} for p in probes if len(p) > 1]
         data.remember(task)
         rows.append(evals.full(deploy, tok))
-        running = _merge(running, deploy, init_state, s)
+        running = merge_step(running, deploy, init_state, s)
         if running is not None:
             merged = copy.deepcopy(deploy)
             merged.load_state_dict(running)
@@ -322,61 +313,46 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
             "ratios": ratios, "gap": gap, "final": last, "lineage": lineage}
 
 
-def _matrix(rows: list[dict], columns: list[str], key: str) -> list[list[float]]:
+
+
+def matrix(rows: list[dict], columns: list[str], key: str) -> list[list[float]]:
+    """(tasks + 1) x columns of one number (``acc`` or ``ppl``): row 0 is the zero-shot model."""
     return [[r[c][key] for c in columns] for r in rows]
 
 
-def stream(params: Params) -> None:
-    s = params.stream
-    out_model = P.MODELS / "stream"
-    if s is None or not s.enabled:
-        write_json(P.METRICS / "stream.json", {"skipped": "params has no stream section (or stream.enabled: false)"})
-        with atomic_file(P.PLOTS / "stream" / "gap.csv") as fh:
-            fh.write("task,step,tokens,general_loss,domain_loss\n")
-        shutil.rmtree(out_model, ignore_errors=True)
-        out_model.mkdir(parents=True, exist_ok=True)
-        return
-    set_threads()
-    tok = load_pretrained_tokenizer(P.TOKENS)
-    columns = {t.name: params.expand(t.slices) for t in s.tasks}
-    columns[BASE] = params.expand(s.replay.slices) or params.expand(params.pretrain.slices)
-    evals = EvalSets(params, columns, s.planner.eval_docs)
-    with stage_run("stream", params, s.model_dump(), inputs={"tokens": P.TOKENS}) as run:
-        res = run_stream(params, s, tok, evals)
-        cols = [*res["order"], BASE]
-        mats = {k: _matrix(res["rows"], cols, k) for k in ("acc", "ppl")}
-        merged = {k: _matrix(res["merged_rows"], cols, k) for k in ("acc", "ppl")} if res["merged_rows"] else None
+def without_replay(s: StreamConfig, res: dict) -> StreamConfig | None:
+    """The stream to compare ``res`` with (same tasks, no replay, no merging); None when ``res`` replayed nothing."""
+    if not s.compare_no_replay or not any(r > 0 for r in res["ratios"].values()):
+        return None
+    return s.model_copy(update={"merge": s.merge.model_copy(update={"method": "none"})})
 
-        def summary(m: dict) -> dict:
-            return {"acc": continual_metrics(m["acc"], higher_is_better=True).to_dict(),
-                    "ppl": continual_metrics(m["ppl"], higher_is_better=False).to_dict()}
 
-        rise = {"with_replay": mats["ppl"][-1][-1] / mats["ppl"][0][-1] - 1}
-        if s.compare_no_replay and any(r > 0 for r in res["ratios"].values()):
-            plain = run_stream(params, s.model_copy(update={"merge": s.merge.model_copy(update={"method": "none"})}), tok,
-                               evals, with_replay=False)
-            rise["without_replay"] = plain["rows"][-1][BASE]["ppl"] / plain["rows"][0][BASE]["ppl"] - 1
-        out = {"tasks": res["order"], "columns": cols, "rows": ["zero-shot", *res["order"]], "matrix": mats,
-               "merged_matrix": merged, "metrics": summary(mats), "merged_metrics": summary(merged) if merged else None,
-               "replay": {"mode": "planned" if s.replay.ratio == "planned" else "fixed", "ratios": res["ratios"],
-                          "plans": res["plans"]},
-               "general_ppl_rise": rise, "merge": s.merge.model_dump(), "strategy": s.strategy.model_dump(),
-               "schedule": params.stream_train().schedule, "ordering": s.ordering}
-        write_json(P.METRICS / "stream.json", out)
-        with atomic_file(P.PLOTS / "stream" / "gap.csv") as fh:
-            w = csv.DictWriter(fh, fieldnames=["task", "step", "tokens", "general_loss", "domain_loss"], extrasaction="ignore")
-            w.writeheader()
-            w.writerows(res["gap"])
-        final = res["final"]
-        save_model(final, tok, out_model, {"name": "stream", "stage": "stream", **res["lineage"], "tasks": res["order"],
-                                          "replay_ratios": res["ratios"], "parameters": count_params(final),
-                                          "schedule": params.stream_train().schedule})
-        if "parent_version" in res["lineage"]:
-            run.tags({"fluxforge.parent": s.init, "fluxforge.parent_version": res["lineage"]["parent_version"]})
-        run.metrics({"general_ppl_rise": rise["with_replay"], **({"general_ppl_rise_no_replay": rise["without_replay"]}
-                                                                  if "without_replay" in rise else {}),
-                     **{f"{k}_{m}": v for k in ("acc",) for m, v in out["metrics"][k].items() if isinstance(v, float)}})
-        for name, plan in res["plans"].items():
-            run.tags({f"fluxforge.cmr.{name}.ratio": str(plan.get("ratio"))})
-    log.info("stream: %s; base-data perplexity rise %s", " -> ".join(res["order"]),
-             {k: f"{v:+.1%}" for k, v in rise.items()})
+def summarize(params: Params, s: StreamConfig, res: dict, plain: dict | None = None) -> dict:
+    """``metrics/stream.json``: the matrices, the continual metrics (trunk and merged), replay plans, the rise."""
+    cols = [*res["order"], BASE]
+    mats = {k: matrix(res["rows"], cols, k) for k in ("acc", "ppl")}
+    merged = {k: matrix(res["merged_rows"], cols, k) for k in ("acc", "ppl")} if res["merged_rows"] else None
+
+    def metrics(m: dict) -> dict:
+        return {"acc": continual_metrics(m["acc"], higher_is_better=True).to_dict(),
+                "ppl": continual_metrics(m["ppl"], higher_is_better=False).to_dict()}
+
+    rise = {"with_replay": mats["ppl"][-1][-1] / mats["ppl"][0][-1] - 1}
+    if plain is not None:
+        rise["without_replay"] = plain["rows"][-1][BASE]["ppl"] / plain["rows"][0][BASE]["ppl"] - 1
+    return {"tasks": res["order"], "columns": cols, "rows": ["zero-shot", *res["order"]], "matrix": mats,
+            "merged_matrix": merged, "metrics": metrics(mats), "merged_metrics": metrics(merged) if merged else None,
+            "replay": {"mode": "planned" if s.replay.ratio == "planned" else "fixed", "ratios": res["ratios"],
+                       "plans": res["plans"]},
+            "general_ppl_rise": rise, "merge": s.merge.model_dump(), "strategy": s.strategy.model_dump(),
+            "schedule": params.stream_train().schedule, "ordering": s.ordering}
+
+
+def tracked(summary: dict) -> tuple[dict, dict]:
+    """(metrics, tags) for the stream's MLflow run."""
+    rise = summary["general_ppl_rise"]
+    metrics = {"general_ppl_rise": rise["with_replay"],
+               **({"general_ppl_rise_no_replay": rise["without_replay"]} if "without_replay" in rise else {}),
+               **{f"acc_{m}": v for m, v in summary["metrics"]["acc"].items() if isinstance(v, float)}}
+    tags = {f"fluxforge.cmr.{name}.ratio": str(plan.get("ratio")) for name, plan in summary["replay"]["plans"].items()}
+    return metrics, tags
