@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from fluxforge.orchestrate.flows import dag_stages, gpu_stage, refresh
+from fluxforge.orchestrate.flows import gpu_stage, refresh
 
-__all__ = ["dag_stages", "gpu_stage", "refresh"]
+__all__ = ["gpu_stage", "refresh"]
 
 if __name__ == "__main__":
     print(refresh(sys.argv[1] if len(sys.argv) > 1 else "."))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     code = "import sys; from fluxforge.cli import main; main(sys.argv[1:])"
@@ -36,8 +38,14 @@ def test_check_params_exit_codes(tmp_path, tiny_raw):
 
 
 def test_stage_with_bad_params_does_not_start(tmp_path, tiny_raw):
+    """`fluxforge stage` runs the stage's command from dvc.yaml; bad params stop it before any work."""
+    for name in ("dvc.yaml", "stages"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     tiny_raw["world"]["typo"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
     proc = _cli("stage", "world", cwd=tmp_path)
     assert proc.returncode == 2 and "world.typo: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
+    proc = _cli("stage", "nope", cwd=tmp_path)
+    assert proc.returncode == 2 and "no stage 'nope'" in proc.stderr and "stages: world, ingest" in proc.stderr

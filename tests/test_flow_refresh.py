@@ -26,12 +26,14 @@ SECRET = "fake-secret-Zq8v2LmN4pXw"  # planted in the environment of the whole r
 
 
 def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp_path, tiny_repo, monkeypatch):
-    from flows.refresh import dag_stages, refresh
+    from flows.refresh import refresh
+
+    from fluxforge.orchestrate import dag
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fake-key-id")
     flow_repo = make_repo(tmp_path / "flow")
-    stages = dag_stages(flow_repo)
+    stages = dag.names(flow_repo)
     assert stages[0] == "world" and stages[-1] == "report"
     assert stages.index("continual@slice2022") < stages.index("continual@cyber") < stages.index("distill")
 

@@ -22,8 +22,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fluxforge import storage
-from fluxforge.storage import StorageError
+from fluxforge.orchestrate import storage
+from fluxforge.orchestrate.storage import StorageError
 from fluxforge.track import servers
 from pipeline_repo import run
 
@@ -263,7 +263,7 @@ def test_push_survives_a_store_that_dies_mid_push(repo, aws_env, tmp_path, monke
     killer.start()
     restarted = None
     try:
-        with caplog.at_level(logging.WARNING, logger="fluxforge.storage"), pytest.raises(StorageError) as err:
+        with caplog.at_level(logging.WARNING, logger="fluxforge.orchestrate.retry"), pytest.raises(StorageError) as err:
             storage.push(repo, retries=2, backoff=0.1, jobs=1)
         killer.join(timeout=10)
         assert stopped.is_set()

@@ -56,21 +56,35 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from fluxforge.pipeline.runner import run_stage
+    """Run a stage's own command from dvc.yaml (the only registry of stages), without DVC's bookkeeping."""
+    import os
+    import subprocess
 
-    return run_stage(args.name, *args.args, params_path=args.params)
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate import dag
+
+    name = f"{args.name}@{args.args[0]}" if args.args and "@" not in args.name else args.name
+    try:
+        stage = dag.get(name)
+    except FluxForgeError as err:
+        print(f"fluxforge stage: {err}", file=sys.stderr)
+        return 2
+    bindir = str(Path(sys.executable).parent)  # stage commands call `python`: this environment's
+    env = {**os.environ, "FLUXFORGE_PARAMS": args.params, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(stage.cmd, shell=True, env=env).returncode
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from fluxforge.orchestrate import dag
+
     root = Path.cwd()
-    ev = root / "metrics" / "eval.json"
-    reg = root / "metrics" / "register.json"
+    ev, reg = dag.metrics_file("evaluate", root=root), dag.metrics_file("register", root=root)
     if not ev.exists():
         print(f"No results in {root} yet: run `make run` (or `dvc repro`) from the repository root.")
         return 1
     print("\nFluxForge run summary")
-    print(f"  report       : {root / 'reports' / 'report.html'}")
-    print(f"  metrics      : dvc metrics show   (files in {root / 'metrics'})")
+    print(f"  report       : {root / dag.get('report', root).outs[0]}")
+    print(f"  metrics      : dvc metrics show   (files in {ev.parent})")
     print(f"  MLflow UI    : .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}  -> http://127.0.0.1:5000")
     e = json.loads(ev.read_text())
     for name, m in e["models"].items():
@@ -79,7 +93,7 @@ def _summary(args: argparse.Namespace) -> int:
     t = e["tests"]["cyber"]
     print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
           f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
-    study, stream = root / "metrics" / "study.json", root / "metrics" / "stream.json"
+    study, stream = dag.metrics_file("study", root=root), dag.metrics_file("stream", root=root)
     if study.exists() and "vs_baseline" in (st := json.loads(study.read_text())):
         parts = [f"{k} {v['heldout_loss_change']:+.3f}" for k, v in st["vs_baseline"].items()]
         print(f"  studies      : held-out loss vs plain pretraining: {', '.join(parts)} (lower is better)")
@@ -97,9 +111,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fluxforge.pipeline.runner import run_stage
-
-    return run_stage("report", params_path=args.params)
+    return _stage(argparse.Namespace(name="report", args=[], params=args.params))
 
 
 def _use_registry(args: argparse.Namespace) -> None:
@@ -341,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-params", help="validate a params file and exit (2 on errors)")
     c.add_argument("--params", default="params.yaml")
     c.set_defaults(fn=_check)
-    s = sub.add_parser("stage", help="run one DAG stage outside DVC (DVC runs stages/*.py)")
-    s.add_argument("name")
+    s = sub.add_parser("stage", help="run one DAG stage's command from dvc.yaml, outside DVC's bookkeeping")
+    s.add_argument("name", help="a stage of dvc.yaml, e.g. tokenize or continual@cyber (or: continual cyber)")
     s.add_argument("args", nargs="*")
     s.add_argument("--params", default="params.yaml")
     s.set_defaults(fn=_stage)

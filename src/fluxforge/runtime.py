@@ -56,8 +56,12 @@ def set_threads() -> None:
     torch.set_num_threads(n)
 
 
-def run_stage(name: str, fn: Callable[..., None], *args: str, params_path: str = "params.yaml") -> int:
-    """Run stage ``name`` (``fn(params, *args)``); return a process exit code (0 ok, 2 bad params, 1 failure)."""
+def run_stage(name: str, fn: Callable[..., None], *args: str, params_path: str | None = None) -> int:
+    """Run stage ``name`` (``fn(params, *args)``); return a process exit code (0 ok, 2 bad params, 1 failure).
+
+    The params file is ``params_path``, else ``$FLUXFORGE_PARAMS`` (``fluxforge stage --params``), else params.yaml.
+    """
+    params_path = params_path or os.environ.get("FLUXFORGE_PARAMS", "params.yaml")
     quiet_env()
     setup_logging()
     log = logging.getLogger(f"fluxforge.stage.{name}")

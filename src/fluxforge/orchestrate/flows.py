@@ -27,13 +27,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.tasks import exponential_backoff
 
 from fluxforge.config import load_params
 from fluxforge.io import file_lock
+from fluxforge.orchestrate import dag
 from fluxforge.orchestrate.params import apply_params
+from fluxforge.orchestrate.retry import retrying
 
-GPU_STAGE = re.compile(r"^(pretrain|continual@.+|distill)$")
+STAGE_TRIES, STAGE_BACKOFF = 3, 5.0  # a transient stage failure is retried twice, after 5 and 10 s
 
 
 class StageFailed(RuntimeError):
@@ -47,21 +48,6 @@ class StageFailed(RuntimeError):
 # A stage that reports a readable FluxForge failure (bad params, broken contract, bad input) fails the
 # same way on every try; anything else (a lock held, a storage hiccup, a killed process) is worth a retry.
 _DETERMINISTIC = re.compile(r"fluxforge: stage '[^']+' (not started|failed:)")
-
-
-def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
-    exc = state.data
-    return not isinstance(exc, StageFailed) or exc.transient
-
-
-def dag_stages(root: Path | str = ".") -> list[str]:
-    """Stage names of dvc.yaml in dependency order (foreach items expanded), via DVC's graph."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
 
 
 def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
@@ -106,17 +92,23 @@ def _api_url() -> str | None:
     return str(client.api_url).rstrip("/") if client is not None and getattr(client, "api_url", None) else None
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient,
-      cache_policy=NONE, task_run_name="dvc:{stage}")
+@task(cache_policy=NONE, task_run_name="dvc:{stage}")
 def repro_stage(root: str, stage: str, force: bool = False) -> str:
-    """Reproduce one stage (``force``: even if DVC sees no change); return 'ran' or 'up to date'."""
+    """Reproduce one stage (``force``: even if DVC sees no change); return 'ran' or 'up to date'.
+
+    A transient failure (a lock held, a killed process) is retried with backoff; a stage that fails with a
+    FluxForge message fails at once.
+    """
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
-    with repo_lock(root):
-        proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    if proc.returncode:
-        raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}", transient=not _DETERMINISTIC.search(out))
+    for attempt in retrying(STAGE_TRIES, STAGE_BACKOFF, lambda e: isinstance(e, StageFailed) and e.transient, f"stage {stage}"):
+        with attempt:
+            with repo_lock(root):
+                proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True)
+            out = proc.stdout + proc.stderr
+            if proc.returncode:
+                raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}",
+                                  transient=not _DETERMINISTIC.search(out))
     status = "ran" if re.search(r"Running stage", out) else "up to date"
     logger.info("%s: %s", stage, status)
     return status
@@ -125,7 +117,7 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
 @task(cache_policy=NONE, task_run_name="dvc:{direction}")
 def sync(root: str, direction: str) -> str:
     """``dvc pull`` / ``dvc push`` against the repository's default remote (with retries inside)."""
-    from fluxforge import storage
+    from fluxforge.orchestrate import storage
 
     with repo_lock(root):
         summary = storage.pull(root) if direction == "pull" else storage.push(root)
@@ -140,8 +132,9 @@ def gpu_stage(root: str, stage: str) -> str:
     With a DVC remote, the stage's inputs are pulled first and its outputs pushed after, so the
     GPU machine needs no shared filesystem with the machine running the refresh.
     """
-    from fluxforge import storage
+    from fluxforge.orchestrate import storage
 
+    dag.get(stage, root)  # a name from outside: it must be a stage of dvc.yaml, never an option for `dvc`
     remote = storage.remote_url(root)
     if remote:
         sync(root, "pull")
@@ -154,7 +147,7 @@ def gpu_stage(root: str, stage: str) -> str:
 def _run_on_gpu(root: str, stage: str, deployment: str) -> str:
     from prefect.deployments import run_deployment
 
-    from fluxforge import storage
+    from fluxforge.orchestrate import storage
 
     # no root: the deployment's own (the GPU machine's checkout) applies
     fr = run_deployment(name=deployment, parameters={"stage": stage}, as_subflow=True, timeout=None)
@@ -177,7 +170,8 @@ def _new_documents(root: Path, since: str | None) -> int | None:
         return None
     import pandas as pd
 
-    raw = [f for f in (root / "data" / "raw").glob("*.parquet") if f.name != "rejected.parquet"]
+    raw_dir = root / dag.get("ingest", root).outs[0]
+    raw = [f for f in raw_dir.glob("*.parquet") if f.name != "rejected.parquet"]
     if not raw:
         return 0
     ts = pd.concat([pd.read_parquet(f, columns=["timestamp"]) for f in raw])["timestamp"]
@@ -203,7 +197,7 @@ def commit_lock(root: str, message: str) -> str | None:
 def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | None = None,
             gpu_deployment: str | None = None, push: bool = True, commit: bool = True) -> dict:
     """One model refresh; the first failure stops it with its message and leaves ``champion`` where it was."""
-    from fluxforge import storage
+    from fluxforge.orchestrate import storage
 
     logger = get_run_logger()
     rootp = Path(root).resolve()
@@ -213,21 +207,22 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
     changed = apply_params(rootp, profile, overrides or [])
     if changed:
         logger.info("params: %s", "; ".join(changed))
-    before = _read(rootp / "metrics" / "ingest.json").get("watermark")
+    ingest_metrics, register_metrics = dag.metrics_file("ingest", root=rootp), dag.metrics_file("register", root=rootp)
+    before = _read(ingest_metrics).get("watermark")
     # DVC cannot see new objects under an S3 prefix (not a dependency it tracks): read remote sources every
     # refresh. If nothing new arrived, ingest writes the same tables and everything downstream stays up to date.
     remote_sources = any(s.path.startswith("s3://") for s in load_params(rootp / "params.yaml").data.sources)
     todo = stages_to_run(rootp, force={"ingest"} if remote_sources else set())
     stages: dict[str, str] = {}
-    for stage in dag_stages(rootp):
-        if stage not in todo:
-            stages[stage] = "up to date"
-        elif gpu_deployment and GPU_STAGE.match(stage):
-            stages[stage] = _run_on_gpu(str(rootp), stage, gpu_deployment)
+    for stage in dag.read(rootp):
+        if stage.name not in todo:
+            stages[stage.name] = "up to date"
+        elif gpu_deployment and stage.gpu:
+            stages[stage.name] = _run_on_gpu(str(rootp), stage.name, gpu_deployment)
         else:
-            stages[stage] = repro_stage(str(rootp), stage, force=stage == "ingest" and remote_sources)
-    after = _read(rootp / "metrics" / "ingest.json").get("watermark")
-    reg = _read(rootp / "metrics" / "register.json")
+            stages[stage.name] = repro_stage(str(rootp), stage.name, force=stage.name == "ingest" and remote_sources)
+    after = _read(ingest_metrics).get("watermark")
+    reg = _read(register_metrics)
     result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},
               "model": {k: reg.get(k) for k in ("model_name", "version", "promoted", "reasons")}}
     if reg and stages.get("register") == "ran":

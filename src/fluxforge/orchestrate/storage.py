@@ -20,12 +20,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from fluxforge.errors import FluxForgeError
+from fluxforge.orchestrate.retry import retrying
 from fluxforge.secrets import redact
 
 REMOTE_NAME = "storage"
@@ -51,9 +51,9 @@ _COUNTS = re.compile(r"(\d+) files? (pushed|fetched|added|modified|deleted)")
 class StorageError(FluxForgeError):
     """A DVC remote that could not be configured, reached or used; the message says what to check."""
 
-    def __init__(self, message: str, attempts: int = 0) -> None:
+    def __init__(self, message: str, attempts: int = 0, transient: bool = False) -> None:
         super().__init__(message)
-        self.attempts = attempts
+        self.attempts, self.transient = attempts, transient
 
 
 @dataclass(frozen=True)
@@ -157,28 +157,25 @@ def _transfer(command: str, root: Path | str, retries: int, backoff: float, jobs
     url = remote.get("url")
     if not url:
         raise StorageError(f"dvc {command}: no default DVC remote in {Path(root).resolve()}; set one with "
-                           "fluxforge.storage.configure_remote(root, 's3://BUCKET/PREFIX') (or `dvc remote add -d`)")
+                           "fluxforge.orchestrate.storage.configure_remote(root, 's3://BUCKET/PREFIX') (or `dvc remote add -d`)")
     where = url + (f" (endpoint {remote['endpointurl']})" if remote.get("endpointurl") else "")
     argv = [sys.executable, "-m", "dvc", command, *(["-j", str(jobs)] if jobs else [])]
     env = {"DVC_NO_ANALYTICS": "1", **os.environ}
     tries = retries + 1
-    for attempt in range(1, tries + 1):
-        proc = subprocess.run(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        output = redact(proc.stdout + "\n" + proc.stderr, os.environ)
-        if proc.returncode == 0:
-            counts = {state: int(n) for n, state in _COUNTS.findall(output)}
-            return Transfer(command, url, counts, attempt)
-        cause = _cause(output)
-        transient = bool(_TRANSIENT.search(output)) and not _PERMANENT.search(output)
-        if not transient or attempt == tries:
-            count = f"{attempt} {'try' if attempt == 1 else 'tries'}"
+    for attempt in retrying(tries, backoff, lambda e: isinstance(e, StorageError) and e.transient, f"dvc {command} to {where}"):
+        with attempt:
+            n = attempt.retry_state.attempt_number
+            proc = subprocess.run(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            output = redact(proc.stdout + "\n" + proc.stderr, os.environ)
+            if proc.returncode == 0:
+                return Transfer(command, url, {state: int(k) for k, state in _COUNTS.findall(output)}, n)
+            transient = bool(_TRANSIENT.search(output)) and not _PERMANENT.search(output)
+            if transient and n < tries:  # the retry log line says what happened; the next try may succeed
+                raise StorageError(_cause(output), attempts=n, transient=True)
+            count = f"{n} {'try' if n == 1 else 'tries'}"
             why = "" if transient else " (the error is not transient, so no more tries)"
-            raise StorageError(redact(f"dvc {command} to remote '{name}' at {where} failed after {count}{why}: {cause}. "
-                                      f"{_hint(output, command)}", os.environ), attempts=attempt)
-        delay = backoff * 2 ** (attempt - 1)
-        log.warning("dvc %s to %s failed (try %d of %d): %s; retrying in %.1f s", command, where, attempt, tries,
-                    cause, delay)
-        time.sleep(delay)
+            raise StorageError(redact(f"dvc {command} to remote '{name}' at {where} failed after {count}{why}: "
+                                      f"{_cause(output)}. {_hint(output, command)}", os.environ), attempts=n)
     raise AssertionError("unreachable")
 
 
