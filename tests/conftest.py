@@ -37,6 +37,14 @@ def tiny_params(tiny_raw):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
+def tiny_lm():  # noqa: ANN201 - a PreTrainedModel
+    """A fresh tiny causal LM (tests/tiny.py: width 32, two layers, vocabulary 64, EOS 0, PAD 1)."""
+    from tiny import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test from an empty directory (stages write relative paths)."""
     monkeypatch.chdir(tmp_path)

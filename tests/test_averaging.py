@@ -21,8 +21,7 @@ from fluxforge.train.averaging import (
     write_averaged_model,
 )
 from fluxforge.train.model import build_model, load_model, save_model
-
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+from tiny import TINY
 
 
 def _model(seed: int, cfg: ModelConfig = TINY):

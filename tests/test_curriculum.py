@@ -83,17 +83,13 @@ def test_stride_covers_the_stream_whatever_the_budget(steps):
     assert s.stride == pytest.approx((len(s.stream) - 9) / (steps * 4 - 1))
 
 
-def test_drives_the_training_loop():
-    from fluxforge.config import ModelConfig
+def test_drives_the_training_loop(tiny_lm):  # noqa: ANN001
     from fluxforge.train.loop import train
-    from fluxforge.train.model import build_model
 
     docs, scores = _docs()
     s = CurriculumSampler([d + 2 for d in docs], scores, 8, 2, 6, seed=0)
     cfg = TrainConfig(slices=["x"], steps=6, batch_size=2, seq_len=8, lr=1e-3, warmup_steps=1, log_every=3)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                    max_position_embeddings=64), 64, 0, 1)
-    hist = train(model, s, cfg)
+    hist = train(tiny_lm, s, cfg)
     assert [h["step"] for h in hist] == [3, 6] and all(np.isfinite(h["loss"]) for h in hist)
 
 

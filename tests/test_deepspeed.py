@@ -27,13 +27,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from fluxforge.config import ModelConfig, TrainConfig
+from fluxforge.config import TrainConfig
 from fluxforge.train.engine import CONFIG_ENV, INFRA_CONFIGS, EngineError, deepspeed_config, init_distributed
 from fluxforge.train.loop import train
 from fluxforge.train.model import build_model
 from fluxforge.train.sampler import MixtureSampler
+from tiny import TINY
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 STAGES = (1, 2, 3)
 LOSS_RTOL = 1e-5
 DS_ENV = ("DS_ACCELERATOR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", CONFIG_ENV)

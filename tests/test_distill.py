@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxforge.config import ModelConfig
 from fluxforge.errors import DataError
 from fluxforge.train.distill import TargetCache, Targets, distillation_objective, kd_loss, keep_layers, teacher_targets
 from fluxforge.train.loop import causal_lm_loss
 from fluxforge.train.model import build_model
+from tiny import tiny_config
 
-TINY = ModelConfig(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+TINY = tiny_config(num_layers=3)
 
 
 def _model(seed: int, layers: int = 1) -> torch.nn.Module:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fluxforge.config import ModelConfig, TrainConfig
+from fluxforge.config import TrainConfig
 from fluxforge.train.engine import EngineError, checkpoints, load_trainer_state
 from fluxforge.train.loop import lm_objective, train
 from fluxforge.train.model import build_model
 from fluxforge.train.packing import document_attention
 from fluxforge.train.sampler import Batch, MixtureSampler, PhasedSampler
+from tiny import TINY
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
 EOS = 0
 
 

@@ -5,11 +5,9 @@ import inspect
 import pytest
 import torch
 
-from fluxforge.config import ModelConfig
 from fluxforge.train.growth import GrowthError, grow, growth_step, growth_tokens, stacking_list
 from fluxforge.train.model import build_model, count_params, load_model, save_model
-
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+from tiny import TINY
 
 
 @pytest.fixture(scope="module")

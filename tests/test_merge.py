@@ -21,8 +21,7 @@ from fluxforge.continual.merge import (
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import AveragingError
 from fluxforge.train.model import build_model, save_model
-
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+from tiny import TINY
 
 
 def _model(seed: int, cfg: ModelConfig = TINY):

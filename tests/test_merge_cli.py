@@ -7,10 +7,10 @@ import subprocess
 import torch
 from transformers import AutoModelForCausalLM
 
-from fluxforge.config import ModelConfig
 from fluxforge.train.model import build_model
+from tiny import tiny_config
 
-TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32)
+TINY = tiny_config(num_layers=1, max_position_embeddings=32)
 
 
 def _save(tmp, name: str, seed: int):  # noqa: ANN001, ANN202

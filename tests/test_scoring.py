@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from fluxforge.config import ModelConfig
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.eval.scoring import option_loglikelihoods, perplexity, score_mcq
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
 from fluxforge.train.model import build_model
+from tiny import tiny_config
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TINY = tiny_config(max_position_embeddings=128)
 
 
 @pytest.fixture(scope="module")

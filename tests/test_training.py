@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from fluxforge.config import ModelConfig, TrainConfig
+from fluxforge.config import TrainConfig
 from fluxforge.train.loop import causal_lm_loss, train
 from fluxforge.train.model import ModelLoadError, build_model, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 from fluxforge.train.schedule import lr_factor
+from tiny import tiny_config
 
-TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+TINY = tiny_config(num_layers=1)
 
 
 def _streams(seed=0):
