@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from fluxforge.train.averaging import AveragingError, _check_compatible, _check_configs, load_state, write_state_as_model
+from fluxforge.train.averaging import AveragingError, check_compatible, check_configs, load_state, write_state_as_model
 
 State = dict[str, torch.Tensor]
 Method = Literal["interpolate", "ema", "task_arithmetic", "instruction_residual"]
@@ -65,7 +65,7 @@ def _check_mergeable(states: Sequence[Mapping[str, torch.Tensor]], names: Sequen
         return {k: torch.empty(v.shape, dtype=torch.float32 if v.is_floating_point() else v.dtype, device="meta")
                 for k, v in state.items()}
 
-    _check_compatible([shape_only(s) for s in states], names)
+    check_compatible([shape_only(s) for s in states], names)
 
 
 Term = tuple[float, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]  # (c, x, y): adds c * (x - y)
@@ -149,7 +149,7 @@ def instruction_residual(instruct: Mapping[str, torch.Tensor], base: Mapping[str
 # ----------------------------------------------------------------------------- HF directories
 def _check_networks(paths: Sequence[Path]) -> None:
     """HF configs must describe the same network (averaging's rule), token ids aside."""
-    _check_configs(paths, ignore=frozenset(_TOKEN_IDS), error=MergeError)
+    check_configs(paths, ignore=frozenset(_TOKEN_IDS), error=MergeError)
 
 
 def _arity(method: str, n: int) -> None:

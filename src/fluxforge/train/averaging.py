@@ -82,7 +82,7 @@ def load_state(path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_compatible(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str]) -> None:
+def check_compatible(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str]) -> None:
     """Same keys, shapes and dtypes everywhere; the first mismatch is reported with its file and key."""
     ref, ref_name = states[0], names[0]
     for state, name in zip(states[1:], names[1:]):
@@ -110,7 +110,7 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     w = [float(x) for x in weights]
     if abs(sum(w) - 1.0) > 1e-6 or min(w) < 0:
         raise AveragingError(f"averaging weights must be >= 0 and sum to 1 (methods.md section 5), got {w}")
-    _check_compatible(states, names)
+    check_compatible(states, names)
     out: dict[str, torch.Tensor] = {}
     for key, first in states[0].items():
         if not first.is_floating_point():
@@ -149,7 +149,7 @@ def average_checkpoints(paths: Sequence[Path | str], method: Method = "ema", k: 
                         alpha: float = EMA_ALPHA) -> dict[str, torch.Tensor]:
     """Average the last ``k`` (default: all) of ``paths``, ordered oldest first, with the chosen weights."""
     chosen = last_k(paths, k or len(paths))
-    _check_configs(chosen)
+    check_configs(chosen)
     states = [load_state(p) for p in chosen]
     return average_states(states, averaging_weights(len(chosen), method, alpha), [str(p) for p in chosen])
 
@@ -161,8 +161,8 @@ def _network_config(path: Path) -> dict | None:
     return {k: v for k, v in json.loads(file.read_text()).items() if k not in _CONFIG_NOISE}
 
 
-def _check_configs(paths: Sequence[Path], ignore: frozenset[str] = frozenset(),
-                   error: type[AveragingError] = AveragingError) -> None:
+def check_configs(paths: Sequence[Path], ignore: frozenset[str] = frozenset(),
+                  error: type[AveragingError] = AveragingError) -> None:
     """HF directories must describe the same network (same shapes can still hide e.g. another rope_theta).
 
     ``ignore``: config keys allowed to differ (merging tolerates other token ids); ``error``: the class raised.
