@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from fluxforge.config import FilterConfig, RunnerConfig, Source
-from fluxforge.data.shards import RunnerUnavailable, ShardFailed, ShardResult, merge_stats, run_sharded, split, task_runner
+from fluxforge.data.shards import ShardFailed, ShardResult, merge_stats, run_sharded, split
+from fluxforge.orchestrate.runners import RunnerUnavailable, shard_runner, task_runner
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def world_docs(tmp_path_factory) -> pd.DataFrame:
     import yaml
 
     from fluxforge.config import parse_params
-    from fluxforge.data.documents import read_source
+    from fluxforge.data.sources import read_source
     from fluxforge.world import generate_world
 
     root = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def test_thread_runner_equals_serial_and_unsharded(prefect_api, tmp_path):
     for kind in ("serial", "thread"):
         logs = tmp_path / kind
         logs.mkdir()
-        run = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage=f"t-{kind}",
-                          runner=RunnerConfig(kind=kind, workers=2, shard_docs=12), config={"v": 1}, work_root=tmp_path / "work")
+        run = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage=f"t-{kind}", shard_docs=12,
+                          runner=shard_runner(RunnerConfig(kind=kind, workers=2)), config={"v": 1}, work_root=tmp_path / "work")
         assert run.shards == 5 and run.ran == 5 and len(executions(logs)) == 5
         got[kind] = run
         run.discard()
@@ -98,14 +99,13 @@ def test_thread_runner_equals_serial_and_unsharded(prefect_api, tmp_path):
 
 @pytest.mark.slow  # a real Prefect server (~25 s to start here) and worker processes
 def test_process_runner_filter_equals_one_apply_filters(prefect_api, world_docs, tmp_path):
-    from fluxforge.data.curate import filter_in_shards
-    from fluxforge.data.filters import apply_filters
+    from fluxforge.data.filters import apply_filters, filter_in_shards
 
     cfg = FilterConfig()
     kept0, rejected0, stats0 = apply_filters(world_docs, cfg)
     assert len(kept0) and len(rejected0)  # the planted defects make both tables non-trivial
     runner = RunnerConfig(kind="process", workers=2, shard_docs=len(world_docs) // 3)
-    kept, rejected, stats, run = filter_in_shards(world_docs, cfg, runner, work_root=tmp_path / "work")
+    kept, rejected, stats, run = filter_in_shards(world_docs, cfg, runner.shard_docs, shard_runner(runner), work_root=tmp_path / "work")
     assert run.shards == 4 and run.ran == 4
     pd.testing.assert_frame_equal(kept, kept0, check_dtype=False)  # parquet gives str where pandas had object
     pd.testing.assert_frame_equal(rejected, rejected0, check_dtype=False)
@@ -118,18 +118,18 @@ def test_crash_in_one_shard_then_rerun_redoes_only_that_shard(prefect_api, tmp_p
     df.loc[27, "text"] = "BOOM " + df.loc[27, "text"]  # shard 2 of 5 (rows 24..35)
     logs, work = tmp_path / "logs", tmp_path / "work"
     logs.mkdir()
-    runner = RunnerConfig(kind="process", workers=2, shard_docs=12)
+    runner = shard_runner(RunnerConfig(kind="process", workers=2))
 
     with pytest.raises(ShardFailed, match=r"(?s)1 of 5 shards failed \(number 2\); the first, shard 2 \(rows 24..35\).*planted crash.*4 finished shards are kept"):
-        run_sharded(partial(tagging_step, log_dir=str(logs), crash_on="BOOM"), df, stage="crash", runner=runner,
+        run_sharded(partial(tagging_step, log_dir=str(logs), crash_on="BOOM"), df, stage="crash", shard_docs=12, runner=runner,
                     config={"v": 1}, work_root=work)
     assert executions(logs) == ["d0000", "d0012", "d0024", "d0036", "d0048"]
     assert len([d for d in (work / "crash").iterdir() if (d / "done.json").exists()]) == 4
 
     for f in logs.iterdir():
         f.unlink()
-    run = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage="crash", runner=runner, config={"v": 1},
-                      work_root=work)
+    run = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage="crash", shard_docs=12, runner=runner,
+                      config={"v": 1}, work_root=work)
     assert executions(logs) == ["d0024"]  # only the shard that crashed ran again
     assert run.ran == 1 and run.shards == 5
     whole = tagging_step(df, str(tmp_path))
@@ -139,8 +139,8 @@ def test_crash_in_one_shard_then_rerun_redoes_only_that_shard(prefect_api, tmp_p
     # another config gives other keys: everything runs again and the old shards are pruned (the dir stays bounded)
     for f in logs.iterdir():
         f.unlink()
-    again = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage="crash", runner=runner.model_copy(update={"kind": "serial"}),
-                        config={"v": 2}, work_root=work)
+    again = run_sharded(partial(tagging_step, log_dir=str(logs)), df, stage="crash", shard_docs=12,
+                        runner=shard_runner(RunnerConfig(kind="serial")), config={"v": 2}, work_root=work)
     assert len(executions(logs)) == 5 and again.ran == 5
     assert len(list((work / "crash").iterdir())) == 5
 
@@ -160,8 +160,8 @@ def test_cluster_runners_name_the_missing_package(kind, package, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     with pytest.raises(RunnerUnavailable, match=f"needs the {package} package"):  # before any shard runs
-        run_sharded(partial(tagging_step, log_dir=str(logs)), synthetic(10), stage="c", runner=RunnerConfig(kind=kind, shard_docs=3),
-                    config={}, work_root=tmp_path / "work")
+        run_sharded(partial(tagging_step, log_dir=str(logs)), synthetic(10), stage="c", shard_docs=3,
+                    runner=shard_runner(RunnerConfig(kind=kind)), config={}, work_root=tmp_path / "work")
     assert executions(logs) == []
 
 
@@ -176,15 +176,16 @@ def test_address_only_for_clusters():
 @pytest.mark.slow  # a real Prefect server (~25 s to start here) and worker processes
 def test_filter_stage_writes_the_same_tables_sharded_or_not(prefect_api, world_docs, tiny_params, in_tmp):
     """The DVC stage itself: 4 shards on a process pool give byte-for-byte the tables of one in-process shard."""
+    from stages.filter import main as filter_stage
+
     from fluxforge import paths as P
     from fluxforge.data.documents import read_docs, write_docs
-    from fluxforge.pipeline.data_stages import filter_docs
 
     write_docs(world_docs, P.RAW / "world.parquet")
 
     def run(runner: RunnerConfig) -> dict[str, bytes]:
         params = tiny_params.model_copy(update={"data": tiny_params.data.model_copy(update={"runner": runner})})
-        filter_docs(params)
+        filter_stage.run(params)
         assert not (P.DATA / ".work" / "filter").exists()  # finished shards are deleted once the outputs exist
         return {f.name: f.read_bytes() for f in sorted(P.FILTERED.iterdir())}
 

@@ -313,10 +313,12 @@ def _curate(args: argparse.Namespace) -> int:
 
     quiet_env()
     setup_logging()
-    from fluxforge.data.curate import curate, main_summary
+    from fluxforge.data.curate import curate, load_config, main_summary
+    from fluxforge.orchestrate.runners import shard_runner
 
     try:
-        ledger = curate(args.input, args.output, args.config, index=args.index)
+        runner = shard_runner(load_config(args.config).runner)  # the config's runner: section maps the shards
+        ledger = curate(args.input, args.output, args.config, index=args.index, runner=runner)
     except FluxForgeError as err:
         print(f"fluxforge curate: {err}", file=sys.stderr)
         return 2

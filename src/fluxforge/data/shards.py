@@ -1,10 +1,15 @@
-"""Run a data step over shards of a table in parallel through a Prefect 3 task runner, with per-shard resume.
+"""Run a data step over shards of a table, mapped by an injected runner, with per-shard resume.
 
-WHY shards: filtering is per document, so a corpus split into ``runner.shard_docs``-document shards
-can be filtered on every core (or a Dask/Ray cluster) and merged back in shard order, giving exactly
-the table the unsharded step gives. The step must therefore treat each document on its own (a rule
+WHY shards: filtering is per document, so a corpus split into ``shard_docs``-document shards can be
+filtered on every core (or a Dask/Ray cluster) and merged back in shard order, giving exactly the
+table the unsharded step gives. The step must therefore treat each document on its own (a rule
 over the whole batch, such as inverse toxicity's "drop the least toxic 10 %", is not shardable: the
 caller runs it as one shard).
+
+How the shards are mapped is the caller's choice, a :class:`ShardRunner`: :data:`serial` (one shard
+after another in this process) here, a Prefect task-runner pool in
+:mod:`fluxforge.orchestrate.runners` (the data layer does not import Prefect). A run with at most
+one shard to compute always runs in this process.
 
 Resume: each finished shard's tables and stats are written, by the driver, into
 ``<work root>/<stage>/<key>/`` in one rename (:func:`fluxforge.io.atomic_dir`) with a ``done.json``
@@ -17,34 +22,8 @@ The work dir is NOT inside a DVC output: DVC deletes a stage's outputs before re
 would throw the finished shards away (``data/.work`` is git-ignored and dvc-ignored). The caller
 calls :meth:`Sharded.discard` once its own outputs are written.
 
-Results travel back to the driver (Prefect futures) and the driver writes them, so workers on a
-Dask/Ray cluster need no shared file system.
-
-Prefect start-up, measured on the project's 2-core machine (shared, load ~2) on 2026-11-26: the
-filter on 21,992 documents (the default world's raw tables x 8), ``shard_docs`` 5000 (5 shards),
-2 workers; and an empty flow of 8 trivial tasks for the fixed cost:
-
-=====================================================  =====================  ==============
-runner / Prefect API                                   filter, 22k docs       8 empty tasks
-=====================================================  =====================  ==============
-``apply_filters`` once, no shards                      24.6 s                 -
-``serial`` (in this process, no Prefect)               21.5 s                 -
-``process``, running server (``PREFECT_API_URL``)      24.1 s                 7-9 s
-``thread``, running server                             28.1 s                 1.6-1.9 s
-``process``, temporary (ephemeral) server              58.7 s                 ~55 s
-``thread``, temporary server                           45.3 s                 17-20 s
-=====================================================  =====================  ==============
-
-(Two busy cores leave nothing to gain from parallelism here; the point of the table is the fixed
-cost: ~2 s with a server, ~5 s more to spawn worker processes, 15-35 s for a temporary server.)
-So the cheapest correct choice, in order: (1) a corpus of one shard (the default world: 2.7k
-docs, ``shard_docs`` 5000), or ``kind: serial``, runs in this process without Prefect: no
-overhead; (2) when ``PREFECT_API_URL`` is set (a Prefect server, or a refresh flow that passes its
-server on to the stages), the runner reports to it; (3) otherwise Prefect starts its temporary
-server (``PREFECT_SERVER_EPHEMERAL_ENABLED``, start-up timeout raised to 180 s as
-``fluxforge refresh`` does): worth it only when the step takes minutes, i.e. on many cores. The
-trade-off of (1) is that such runs do not appear in the Prefect UI; their progress is in the
-stage log (shards done/total, and a tqdm bar unless ``FLUXFORGE_PROGRESS=0``).
+Results travel back to the driver (the runner hands each to ``on_done``) and the driver writes
+them, so workers on a cluster need no shared file system.
 """
 
 from __future__ import annotations
@@ -55,20 +34,17 @@ import json
 import logging
 import os
 import shutil
-import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fluxforge import paths as P
-from fluxforge.config import RunnerConfig
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir, file_lock, write_json
 
@@ -76,11 +52,6 @@ log = logging.getLogger(__name__)
 
 WORK_ROOT = P.DATA / ".work"
 DONE = "done.json"
-CLUSTER_PACKAGES = {"dask": "prefect-dask", "ray": "prefect-ray"}
-
-
-class RunnerUnavailable(FluxForgeError):
-    """The configured runner needs a package that is not installed."""
 
 
 class ShardFailed(RuntimeError):
@@ -96,6 +67,18 @@ class ShardResult:
 
 
 Step = Callable[[pd.DataFrame], ShardResult]  # a module-level function or functools.partial (pickled to workers)
+OnDone = Callable[[int, ShardResult], None]
+Failures = list[tuple[int, BaseException]]
+
+
+class ShardRunner(Protocol):
+    """Maps a step over shards: runs ``step`` on each ``(index, shard)`` of ``todo``, hands each result to
+    ``on_done`` (in the driver) as it arrives, and returns the shards that raised instead of raising, so
+    every other shard still finishes and is kept. ``kind`` names it in ledgers and logs."""
+
+    kind: str
+
+    def __call__(self, step: Step, todo: Sequence[tuple[int, pd.DataFrame]], stage: str, on_done: OnDone) -> Failures: ...
 
 
 @dataclass
@@ -221,115 +204,31 @@ def _merge(results: list[tuple[dict[str, pa.Table], dict]]) -> tuple[dict[str, p
     return tables, merge_stats([r[1] for r in results])
 
 
-# ----------------------------------------------------------------------------- runners
-def _prefect_env() -> None:
-    """Prefect settings a stage needs; set before prefect is imported (it reads them at import)."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # a first start migrates a fresh database: Prefect's 20 s default is too short on a 2-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def task_runner(cfg: RunnerConfig) -> Any:
-    """The Prefect task runner for ``cfg``; dask/ray say which package is missing."""
-    _prefect_env()
-    workers = cfg.workers or os.cpu_count() or 1
-    if cfg.kind == "process":
-        from prefect.task_runners import ProcessPoolTaskRunner
-
-        return ProcessPoolTaskRunner(max_workers=workers)
-    if cfg.kind in ("thread", "serial"):
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=1 if cfg.kind == "serial" else workers)
-    if cfg.kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise _missing("dask") from None
-        return DaskTaskRunner(address=cfg.address) if cfg.address else DaskTaskRunner(cluster_kwargs={"n_workers": workers})
-    if cfg.kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise _missing("ray") from None
-        return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner(init_kwargs={"num_cpus": workers})
-    raise RunnerUnavailable(f"data.runner.kind '{cfg.kind}' is not one of process, thread, serial, dask, ray")
-
-
-def _missing(kind: str) -> RunnerUnavailable:
-    pkg = CLUSTER_PACKAGES[kind]
-    return RunnerUnavailable(f"data.runner.kind '{kind}' needs the {pkg} package, which is not installed: "
-                             f"pip install {pkg}  (or set data.runner.kind to process, thread or serial)")
-
-
-@contextmanager
-def _spawn_safe_main(kind: str) -> Iterator[None]:
-    """Hide ``__main__`` from spawned workers while the pool starts them.
-
-    Prefect's process pool uses ``spawn``, which re-imports the parent's main module in every worker;
-    a script that runs its work at import (no ``if __name__ == "__main__"`` guard; the stage scripts
-    have one) would run it again in each worker. The step is pickled by reference to its own module,
-    so workers do not need ``__main__``.
-    """
-    if kind != "process":
-        yield
-        return
-    real = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = real
-
-
-def _run_step(step: Step, shard: pd.DataFrame) -> ShardResult:
+# ----------------------------------------------------------------------------- running shards
+def run_step(step: Step, shard: pd.DataFrame) -> ShardResult:
+    """``step(shard)``, checked to be a :class:`ShardResult` (what every runner calls on a worker)."""
     result = step(shard)
     if not isinstance(result, ShardResult):
         raise TypeError(f"a sharded step must return ShardResult, got {type(result).__name__}")
     return result
 
 
-def _prefect_map(step: Step, todo: list[tuple[int, pd.DataFrame]], cfg: RunnerConfig, stage: str,
-                 on_done: Callable[[int, ShardResult], None]) -> list[tuple[int, BaseException]]:
-    """Submit every shard to the task runner; hand each result to ``on_done`` as it arrives; return failures."""
-    runner = task_runner(cfg)
-    from prefect import flow, task
-    from prefect.cache_policies import NONE
-    from prefect.futures import as_completed
+class Serial:
+    """The in-process runner: one shard after another, no pool and no Prefect."""
 
-    shard_task = task(_run_step, name=f"{stage}-shard", cache_policy=NONE, persist_result=False)
+    kind = "serial"
 
-    # no flow parameters: the data must not be sent to the Prefect API as flow-run parameters
-    @flow(name=f"fluxforge-{stage}-shards", task_runner=runner, persist_result=False, log_prints=False)
-    def shards_flow() -> list[tuple[int, BaseException]]:
-        futures = {shard_task.submit(step, shard): i for i, shard in todo}
+    def __call__(self, step: Step, todo: Sequence[tuple[int, pd.DataFrame]], stage: str, on_done: OnDone) -> Failures:
         failed = []
-        for fut in as_completed(list(futures)):
+        for i, shard in todo:
             try:
-                on_done(futures[fut], fut.result())
-            except Exception as err:  # noqa: BLE001 - every other shard still finishes and is kept
-                failed.append((futures[fut], err))
+                on_done(i, run_step(step, shard))
+            except Exception as err:  # noqa: BLE001 - as the parallel runners: the other shards still finish
+                failed.append((i, err))
         return failed
 
-    from prefect.settings import get_current_settings
 
-    api = get_current_settings().api.url
-    log.info("%s: %d shards on a Prefect %s runner (%s workers), API %s", stage, len(todo), cfg.kind,
-             cfg.workers or os.cpu_count(), api or "a temporary local server (slow start; set PREFECT_API_URL)")
-    with _spawn_safe_main(cfg.kind):
-        return shards_flow()
-
-
-def _serial(step: Step, todo: list[tuple[int, pd.DataFrame]],
-            on_done: Callable[[int, ShardResult], None]) -> list[tuple[int, BaseException]]:
-    failed = []
-    for i, shard in todo:
-        try:
-            on_done(i, _run_step(step, shard))
-        except Exception as err:  # noqa: BLE001 - as the parallel runners: the other shards still finish
-            failed.append((i, err))
-    return failed
+serial = Serial()
 
 
 def _progress(total: int, done: int, desc: str) -> Any:
@@ -340,10 +239,10 @@ def _progress(total: int, done: int, desc: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- entry point
-def run_sharded(step: Step, df: pd.DataFrame, *, stage: str, runner: RunnerConfig, config: Any,
+def run_sharded(step: Step, df: pd.DataFrame, *, stage: str, shard_docs: int, config: Any, runner: ShardRunner = serial,
                 code: Sequence[types.ModuleType | Path] = (), packages: Sequence[str] = (),
                 work_root: Path = WORK_ROOT) -> Sharded:
-    """Run ``step`` over shards of ``df``; return the shard results merged in shard order.
+    """Run ``step`` over shards of ``shard_docs`` rows of ``df`` with ``runner``; return the results merged in shard order.
 
     ``config`` is whatever shapes the step's result besides the data (hashed into each shard's key);
     ``code`` names modules (or files, folders) the step uses whose edits must invalidate finished
@@ -352,7 +251,7 @@ def run_sharded(step: Step, df: pd.DataFrame, *, stage: str, runner: RunnerConfi
     shard raises :class:`ShardFailed` (or the step's own FluxForgeError, which would fail again the
     same way) after every other shard has finished and been kept.
     """
-    shards = split(df, runner.shard_docs)
+    shards = split(df, shard_docs)
     version = code_version(step, code, packages)
     keys = [shard_key(s, config, version) for s in shards]
     stage_dir = Path(work_root) / stage
@@ -372,14 +271,11 @@ def run_sharded(step: Step, df: pd.DataFrame, *, stage: str, runner: RunnerConfi
             log.info("%s: shard %d done (%d/%d)", stage, i, finished[0], len(shards))
 
         try:
-            if runner.kind == "serial" or len(todo) <= 1:
-                failed = _serial(step, todo, on_done)
-            else:
-                failed = _prefect_map(step, todo, runner, stage, on_done)
+            failed = (serial if len(todo) <= 1 else runner)(step, todo, stage, on_done)
         finally:
             bar.close()
         if failed:
-            _raise_first(stage, failed, len(shards), len(shards) - len(failed), runner.shard_docs)
+            _raise_first(stage, failed, len(shards), len(shards) - len(failed), shard_docs)
         tables, stats = _merge([_load(stage_dir / k) for k in keys])
     return Sharded(tables, stats, len(shards), len(todo), stage_dir)
 
