@@ -123,9 +123,7 @@ def ours(texts: list[str]) -> tuple[dict[str, list[list]], dict]:
              "c4": C4(C4Config(filter_no_terminal_punct=False)), "fineweb": FineWebQuality()}
     out = {}
     for k, step in steps.items():
-        r = step(b)
-        r = r[0] if isinstance(r, tuple) else r
-        out[k] = [[not x, x.split(":", 1)[1] if x else ""] for x in r]
+        out[k] = [[not x, x.split(":", 1)[1] if x else ""] for x in step(b).reasons]
     off = {"enabled": False}
     cfg = FilterConfig.model_validate({k: off for k in ("boilerplate", "url_blocklist", "language", "toxicity", "pii", "age")})
     df = pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "meta": "{}"})

@@ -62,8 +62,18 @@ def _only(**sections) -> FilterConfig:
 
 
 def _r(step, texts):
-    out = step(Batch(pd.Series(texts)))
-    return list(out[0] if isinstance(out, tuple) else out)
+    return list(step(Batch(pd.Series(texts))).reasons)
+
+
+def _texts(step, texts):
+    """(new texts, stats) of a transform step."""
+    v = step(Batch(pd.Series(texts)))
+    return v.texts, v.stats
+
+
+def _urls(urls):
+    """A batch whose url column is ``urls`` (the URL filter reads nothing else)."""
+    return Batch(pd.Series([""] * len(urls)), pd.DataFrame({"url": urls}))
 
 
 # ----------------------------------------------------------------------------- the default chain
@@ -195,12 +205,13 @@ def test_c4_removes_bad_lines_and_keeps_the_rest():
         "This line has no terminal punctuation but three words or more",
         SENT, SENT, SENT,
     ])
-    r, new, stats = C4()(Batch(pd.Series([text])))
+    v = C4()(Batch(pd.Series([text])))
+    r, new, stats = v.reasons, v.texts, v.stats
     assert list(r) == [""]
     # the citation goes, the space before it stays (datatrove strips the line before removing citations)
     assert new[0].split("\n") == [SENT + " ", "This line has no terminal punctuation but three words or more", SENT, SENT, SENT]
     assert stats == {"c4_lines_removed": 3, "c4_docs_modified": 1}
-    r2, new2, _ = C4(C4Config(filter_no_terminal_punct=True))(Batch(pd.Series([text])))
+    new2 = C4(C4Config(filter_no_terminal_punct=True))(Batch(pd.Series([text]))).texts
     assert "no terminal punctuation" not in new2[0]
 
 
@@ -288,9 +299,9 @@ def test_url_blocklist_domains_and_words():
     urls = ["https://news.example.org/a", "https://www.bad.example/x", "http://sub.BAD.example:8080/y",
             "https://ok.example/free-porn-videos", "https://ok.example/spamword", "https://ok.example/cheap-casino",
             "https://ok.example/cheap", "", None, "https://notbad.example/"]
-    assert list(ub(pd.Series(urls))) == ["", "url_blocklist:domain", "url_blocklist:domain", "url_blocklist:banned_word",
+    assert list(ub(_urls(urls)).reasons) == ["", "url_blocklist:domain", "url_blocklist:domain", "url_blocklist:banned_word",
                                          "url_blocklist:banned_word", "url_blocklist:soft_banned_words", "", "", "", ""]
-    assert list(URLBlocklist(URLBlocklistConfig(use_shipped_list=False))(pd.Series(urls[3:4]))) == [""]
+    assert list(URLBlocklist(URLBlocklistConfig(use_shipped_list=False))(_urls(urls[3:4])).reasons) == [""]
 
 
 def test_url_blocklist_needs_the_url_column():
@@ -306,13 +317,13 @@ def test_pii_redaction_never_drops_and_counts():
     text = ("Mail jane.doe@example.com or call +1 415 555 0134 / (415) 555-0134 / 415-555-0134. "
             "Hosts 8.8.8.8, 10.0.0.5 and 2001:db8::1 were seen. CVE-2021-1234 on 2021-02-26, version 1.2.3, "
             "at 12:30:45 with 1,000 users.")
-    new, stats = PIIRedactor()(pd.Series([text, CLEAN]))
+    new, stats = _texts(PIIRedactor(), [text, CLEAN])
     assert "<EMAIL>" in new[0] and "jane.doe" not in new[0]
     assert new[0].count("<PHONE>") == 3 and new[0].count("<IP_ADDRESS>") == 3
     assert "CVE-2021-1234 on 2021-02-26, version 1.2.3, at 12:30:45 with 1,000 users." in new[0]
     assert stats == {"pii_emails": 1, "pii_ips": 3, "pii_phones": 3, "pii_docs_redacted": 1}
     assert new[1] == CLEAN
-    public, s2 = PIIRedactor(PIIConfig(ip_public_only=True))(pd.Series([text]))
+    public, s2 = _texts(PIIRedactor(PIIConfig(ip_public_only=True)), [text])
     assert "10.0.0.5" in public[0] and "8.8.8.8" not in public[0] and s2["pii_ips"] == 1
     kept, rejected, st = apply_filters(_df([CLEAN + "\nWrite to a.b@example.org for the records."]), _only(pii={}))
     assert len(rejected) == 0 and "<EMAIL>" in kept["text"][0] and st["pii_emails"] == 1
@@ -378,7 +389,7 @@ def test_params_yaml_filters_section_parses():
 def test_pii_leaves_software_versions_and_redacts_addresses():
     text = ("Fixed in version 4.1.1.24 and in 8.11.1 and 8.12.0.1; Tenda W9 1.0.0.7(4456) and IBM 7.6.1.3 through 7.6.1.5 "
             "are affected. The implant connects to 81.2.69.160 to exfiltrate, scanning from 10.0.0.1 to 10.0.0.2.")
-    new, stats = PIIRedactor()(pd.Series([text]))
+    new, stats = _texts(PIIRedactor(), [text])
     for version in ("4.1.1.24", "8.12.0.1", "1.0.0.7(4456)", "7.6.1.3 through 7.6.1.5"):
         assert version in new[0]
     for address in ("81.2.69.160", "10.0.0.1", "10.0.0.2"):
