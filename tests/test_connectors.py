@@ -16,7 +16,10 @@ import pytest
 
 from conftest import SHARED_DATA
 from fluxforge.config import ParamsError, Source, parse_params
-from fluxforge.data.documents import RAW_SCHEMA, IngestError, Ledger, read_source, source_files
+from fluxforge.data.connectors import IngestError
+from fluxforge.data.documents import RAW_SCHEMA
+from fluxforge.data.ledger import Ledger
+from fluxforge.data.sources import read_source, source_files
 
 URL_RE = re.compile(r"^(?:https?|s3|file)://")  # the raw contract's URL rule (fluxforge.data.contracts)
 WIKI_HEADING = r"^ = [^=].* = $"  # level-1 WikiText heading; " = = Sub = = " is a subsection

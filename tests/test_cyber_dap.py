@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from fluxforge.config import C4Config, GopherQualityConfig, Params, Source, load_params
-from fluxforge.data.documents import RAW_SCHEMA, read_source, slice_of
+from fluxforge.data.documents import RAW_SCHEMA, slice_of
+from fluxforge.data.sources import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "cyber-dap.yaml"

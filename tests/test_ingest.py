@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from fluxforge.config import Source
-from fluxforge.data.documents import IngestError, Ledger, read_source
+from fluxforge.data.connectors import IngestError
+from fluxforge.data.ledger import Ledger
+from fluxforge.data.sources import read_source
 
 
 def _src(path, **kw) -> Source:

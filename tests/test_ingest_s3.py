@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fluxforge.config import Source
-from fluxforge.data.documents import read_source, source_files
+from fluxforge.data.sources import read_source, source_files
 from fluxforge.errors import DataError
 
 pytestmark = pytest.mark.slow  # shares the session's S3 server process

@@ -1,1 +1,2 @@
-"""Data: the document schema and readers, contracts, filters, dedup, tokenisation and packing."""
+"""Data: the document schema, sources and their readers, the ledger, contracts, filters, dedup, shards,
+tokenisation and packing."""

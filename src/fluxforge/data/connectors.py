@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fluxforge.config import DOMAINS, Source
-from fluxforge.data.documents import RAW_SCHEMA, IngestError, doc_id, reject
+from fluxforge.data.documents import RAW_SCHEMA, doc_id, reject
+from fluxforge.errors import FluxForgeError
 
 # file-name endings per format: what a folder or an S3 prefix contributes to a source
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -43,6 +44,10 @@ BAD_COLUMNS = [*RAW_SCHEMA.names, "reason", "stage"]
 DOC_COLUMNS = [c for c in RAW_SCHEMA.names if c != "id"]  # ids are computed in _finish
 SHOWN_CHARS = 10_000  # text kept for a row rejected as unreadable; too_long rows keep all of it
 PARQUET_BATCH = 65_536
+
+
+class IngestError(FluxForgeError, ValueError):
+    """A source that cannot be read at all (missing path, no files, a file without the named columns)."""
 
 
 @dataclass

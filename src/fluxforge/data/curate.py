@@ -8,15 +8,16 @@ funnel). The optional YAML config takes a ``source:`` section (the fields of a p
 other than name/path/format) and ``filters:`` / ``dedup:`` / ``runner:`` sections with the schema of
 params.yaml's ``data.*``; unknown keys are errors that name the key, as in params.yaml.
 
-:func:`filter_in_shards` is also the DAG's filter stage (``filter_docs``), so both filter the same way.
+The steps are the DAG's own: :func:`~fluxforge.data.sources.ingest`, the filter chain through
+:func:`~fluxforge.data.filters.sharded.filter_in_shards`, :func:`~fluxforge.data.dedup.dedup`, and the
+ledgers and funnel of :mod:`fluxforge.data.ledger`. How shards are mapped is the caller's
+``runner`` (the ``fluxforge curate`` command builds it from the config's ``runner:`` section).
 """
 
 from __future__ import annotations
 
 import glob
-import logging
 import shutil
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fluxforge.config import DedupConfig, FilterConfig, RunnerConfig, Source
-from fluxforge.data.shards import Sharded, ShardResult, run_sharded
+from fluxforge.data.dedup import MinHashIndex, dedup
+from fluxforge.data.documents import write_docs
+from fluxforge.data.filters.sharded import filter_in_shards
+from fluxforge.data.ledger import Ledger, funnel
+from fluxforge.data.shards import ShardRunner, serial
+from fluxforge.data.sources import ingest
 from fluxforge.errors import FluxForgeError
-
-log = logging.getLogger(__name__)
+from fluxforge.io import write_json
 
 # longest suffixes first, so "x.jsonl.gz" is jsonl and not an unknown ".gz"
 FORMATS: dict[str, str] = {".jsonl.gz": "jsonl", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt",
@@ -50,39 +55,6 @@ class CurateConfig(BaseModel):
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
     runner: RunnerConfig = RunnerConfig()
-
-
-# ----------------------------------------------------------------------------- the sharded filter step
-def filter_shard(shard: pd.DataFrame, cfg: FilterConfig) -> ShardResult:
-    """One shard through :func:`fluxforge.data.filters.apply_filters` (module level: pickled to workers)."""
-    from fluxforge.data.filters import apply_filters
-
-    kept, rejected, stats = apply_filters(shard, cfg)
-    return ShardResult({"kept": kept, "rejected": rejected}, stats)
-
-
-def unshardable(cfg: FilterConfig) -> str | None:
-    """Why these filters must see the whole corpus at once (None: every rule decides per document)."""
-    if cfg.toxicity.enabled and cfg.toxicity.mode == "inverse":
-        return "toxicity.mode inverse drops a fraction of the whole corpus"
-    return None
-
-
-def filter_in_shards(df: pd.DataFrame, cfg: FilterConfig, runner: RunnerConfig, stage: str = "filter",
-                     work_root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, Sharded]:
-    """(kept, rejected, stats, the sharded run) exactly as ``apply_filters(df, cfg)`` would give them."""
-    from fluxforge.data import filters
-    from fluxforge.data.shards import WORK_ROOT
-
-    why = unshardable(cfg)
-    if why:
-        log.info("%s: one shard (%s)", stage, why)
-        runner = runner.model_copy(update={"shard_docs": max(len(df), 1)})
-    code = [filters, Path(filters.__file__).parent / "assets"]  # the rules and their shipped word lists
-    code += [Path(f) for f in (cfg.toxicity.lexicon_path,) if f and Path(f).is_file()]  # a lexicon of one's own
-    run = run_sharded(partial(filter_shard, cfg=cfg), df, stage=stage, runner=runner, config=cfg, code=code,
-                      packages=("numpy", "py3langid"), work_root=work_root or WORK_ROOT)
-    return run.tables["kept"], run.tables["rejected"], run.stats, run
 
 
 # ----------------------------------------------------------------------------- config and inputs
@@ -164,37 +136,28 @@ def sources_for(pattern: str, by_format: dict[str, list[Path]], cfg: CurateConfi
 
 
 # ----------------------------------------------------------------------------- the run
-def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, index: Path | str | None = None) -> dict:
+def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, index: Path | str | None = None,
+           runner: ShardRunner = serial) -> dict:
     """Ingest, filter and dedup the files of ``pattern`` into ``out_dir``; return the ledger written there.
 
     ``index``: a :class:`~fluxforge.data.dedup.MinHashIndex` folder of what earlier runs kept (created if
     missing): this run drops duplicates of it and adds its own keepers, so slices curated one after
-    another never re-add a document an earlier slice kept.
+    another never re-add a document an earlier slice kept. ``runner`` maps the filter over the shards
+    (of the config's ``runner.shard_docs`` documents); the result does not depend on it.
     """
-    from fluxforge.data.dedup import MinHashIndex, dedup
-    from fluxforge.data.documents import Ledger, read_source, write_docs
-    from fluxforge.io import write_json
-
     cfg = load_config(config)
     by_format = input_files(pattern)
     sources = sources_for(pattern, by_format, cfg, config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ledgers = {s: Ledger(s) for s in STAGES}
-    stats: dict[str, dict] = {}
 
-    docs, rejected = [], []
-    for src in sources:
-        kept, bad, n_read = read_source(src, files=by_format[src.format])
-        ledgers["ingest"].add(kept, bad, n_read)
-        docs.append(kept)
-        rejected.append(bad)
-        log.info("curate: read %d records from %d %s files (%d rejected)", n_read, len(by_format[src.format]),
-                 src.format, len(bad))
-    raw = pd.concat(docs, ignore_index=True)
+    read = ingest(sources, files={src.name: by_format[src.format] for src in sources})
+    raw = pd.concat(list(read.docs.values()), ignore_index=True)
+    ledgers, stats, rejected = {"ingest": read.ledger}, {}, list(read.rejected.values())
 
-    kept, bad, stats["filter"], run = filter_in_shards(raw, cfg.filters, cfg.runner, "curate-filter", out_dir / ".work")
-    ledgers["filter"].add(kept, bad, len(raw))
+    kept, bad, stats["filter"], run = filter_in_shards(raw, cfg.filters, cfg.runner.shard_docs, runner, "curate-filter",
+                                                       out_dir / ".work")
+    ledgers["filter"] = Ledger.balanced("filter", kept, bad, len(raw))
     rejected.append(bad)
 
     idx = None
@@ -204,19 +167,18 @@ def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, 
         except ValueError as err:
             raise CurateError(f"--index {index}: {err}") from None
     curated, bad, stats["dedup"] = dedup(kept, cfg.dedup, index=idx, update_index=idx is not None)
-    ledgers["dedup"].add(curated, bad, len(kept))
+    ledgers["dedup"] = Ledger.balanced("dedup", curated, bad, len(kept))
     rejected.append(bad)
 
-    for ledger in ledgers.values():
-        ledger.check()
     write_docs(curated, out_dir / "curated.parquet")
     write_docs(pd.concat([r for r in rejected if len(r)] or rejected[:1], ignore_index=True),
                out_dir / "rejected.parquet", rejected=True)
+    books = {s: ledgers[s].to_dict() for s in STAGES}
     result = {
         "input": pattern, "files": {fmt: [str(f) for f in fs] for fmt, fs in by_format.items()},
-        "stages": {s: {**ledgers[s].to_dict(), **({"stats": stats[s]} if s in stats else {})} for s in STAGES},
-        "funnel": {"read": ledgers["ingest"].received, **{f"after_{s}": ledgers[s].to_dict()["kept"] for s in STAGES}},
-        "shards": {"filter": {"shards": run.shards, "ran": run.ran, "runner": cfg.runner.kind}},
+        "stages": {s: {**books[s], **({"stats": stats[s]} if s in stats else {})} for s in STAGES},
+        "funnel": funnel(books, received_as="read"),
+        "shards": {"filter": {"shards": run.shards, "ran": run.ran, "runner": runner.kind}},
     }
     if idx is not None:
         idx.save(index)
@@ -246,5 +208,4 @@ def main_summary(ledger: dict, out_dir: Path | str) -> str:
             f"rejected: {out / 'rejected.parquet'}\nledger  : {out / 'ledger.json'}")
 
 
-__all__ = ["CurateConfig", "CurateError", "curate", "filter_in_shards", "filter_shard", "input_files", "load_config",
-           "main_summary", "summary_table", "unshardable"]
+__all__ = ["CurateConfig", "CurateError", "curate", "input_files", "load_config", "main_summary", "summary_table"]
