@@ -22,8 +22,8 @@ from fluxforge.data.dedup import (
     shingle_sets,
     signatures,
 )
-from fluxforge.data.quality import DOC_DEFECTS, score_against_labels
 from fluxforge.world import generate_world
+from fluxforge.world.scoring import DOC_DEFECTS, score_against_labels
 
 BASE = ("Zorvex Gateway is affected by SQL injection. The vendor of Zorvex Gateway is Quillon Systems. "
         "Security teams should review their asset inventory and patch management process. "

@@ -27,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 
 from fluxforge.config import WorldConfig
-from fluxforge.data.dedup import jaccard
 from fluxforge.io import atomic_dir, write_jsonl
 from fluxforge.world import templates as T
 
@@ -360,6 +359,19 @@ class WorldBuilder:
 
 
 _ARTICLE = re.compile(r"\ba ([aeiou])")
+_NOT_WORD = re.compile(r"[^\w\s]")
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    """Word n-gram Jaccard of two texts, lowercased and without punctuation: the similarity a near
+    duplicate is planted with (labels' ``jaccard``). The world's own measure, kept independent of the
+    dedup it grades; it is the definition of ``fluxforge.data.dedup.jaccard``, the reference MinHash estimates."""
+    def shingles(text: str) -> set[str]:
+        words = _NOT_WORD.sub(" ", text.lower()).split()
+        return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+    sa, sb = shingles(a), shingles(b)
+    return len(sa & sb) / max(1, len(sa | sb))
 _LEXICON: list[str] | None = None
 
 

@@ -1,5 +1,10 @@
 """Score the data stages against the world's planted-defect labels: recall per defect, precision per filter.
 
+The world knows what it planted (``labels.parquet``, and the boilerplate and PII strings of
+:mod:`fluxforge.world.templates`); the data stages' outputs are read as tables (the ``native_id`` the
+world reader puts into ``meta``, the rejected rows' ``reason`` and ``stage``), so scoring needs nothing
+from :mod:`fluxforge.data`.
+
 Why both directions: recall says a defect is caught, precision says the rule that caught it does not
 also eat clean text. A filter's precision is the share of the documents it rejected that carry a planted
 defect (any defect: a rule may legitimately catch a document planted for another rule); the confusion
@@ -9,10 +14,12 @@ table (filter x planted defect) shows who caught what.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
-from fluxforge.config import FilterConfig
+from fluxforge.config import Source
 from fluxforge.world.templates import BOILERPLATE_LINES, PII_EMAILS, PII_IPS, PII_PHONES
 
 DOC_DEFECTS = ("repetition", "symbols", "short", "lorem", "toxic", "foreign", "blocked_url")
@@ -29,7 +36,17 @@ def _filter_name(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+def planted_labels(world: Path, sources: Sequence[Source]) -> pd.DataFrame | None:
+    """The world's labels when a world source is ingested and the world has been generated (else None)."""
+    path = Path(world) / "labels.parquet"
+    if not path.exists() or not any(s.format == "world" for s in sources):
+        return None
+    return pd.read_parquet(path)
+
+
 def score_against_labels(curated: pd.DataFrame, rejected: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """Recall per planted defect, precision per filter (and the confusion table) and clean retention of
+    the whole chain: ``curated`` is what survived, ``rejected`` every row any data stage rejected."""
     lab = labels.set_index("doc_id")
     kept_ids = set(_native(curated))
     rej = rejected.assign(native=_native(rejected))
@@ -70,13 +87,6 @@ def score_against_labels(curated: pd.DataFrame, rejected: pd.DataFrame, labels: 
     return out
 
 
-def quality_table(quality: dict) -> pd.DataFrame:
-    """Rows of (what, measure, value) for the report and the README: recall per defect, precision per filter."""
-    rows = [(k.split(".", 1)[1], k.split(".", 1)[0], v) for k, v in quality.items()
-            if isinstance(v, float) and k.startswith(("recall.", "precision."))]
-    return pd.DataFrame(rows, columns=["what", "measure", "value"])
-
-
 # which planted defect each filter is there to catch (the world plants one kind per rule family)
 FILTER_TARGETS = {
     "gopher_quality": ("short", "symbols"),
@@ -89,23 +99,21 @@ FILTER_TARGETS = {
 }
 
 
-def standalone_filter_scores(raw: pd.DataFrame, labels: pd.DataFrame, cfg: FilterConfig) -> dict:
-    """Each enabled filter ALONE on the raw world documents: precision and recall on its target defects.
+def standalone_filter_scores(raw: pd.DataFrame, labels: pd.DataFrame,
+                             each_alone: Callable[[pd.DataFrame], Mapping[str, pd.DataFrame]]) -> dict:
+    """Each filter ALONE on the raw world documents: precision and recall on its target defects.
 
-    In the chain a document is charged to the first rule that fails it (the language filter runs first,
-    so it also takes lorem ipsum and symbol spam); alone, each rule shows what it catches by itself.
+    ``each_alone(docs)`` gives the rows each enabled filter rejects by itself
+    (:func:`fluxforge.data.filters.chain.each_filter_alone`). In the chain a document is charged to the
+    first rule that fails it (the language filter runs first, so it also takes lorem ipsum and symbol
+    spam); alone, each rule shows what it catches by itself.
     """
-    from fluxforge.data.filters import apply_filters
-
     lab = labels.set_index("doc_id")
     native = _native(raw)
-    raw = raw[native.isin(lab.index)].reset_index(drop=True)
-    sections = [name for name in FILTER_TARGETS if getattr(cfg, name).enabled]
-    off = {name: getattr(cfg, name).model_copy(update={"enabled": False}) for name in (*sections, "pii", "age")}
+    rejected_by = each_alone(raw[native.isin(lab.index)].reset_index(drop=True))
     out: dict = {}
-    for name in sections:
-        alone = cfg.model_copy(update={**off, name: getattr(cfg, name)})
-        _, rejected, _ = apply_filters(raw, alone)
+    for name in (n for n in FILTER_TARGETS if n in rejected_by):
+        rejected = rejected_by[name]
         planted = lab.loc[_native(rejected), "defect"] if len(rejected) else pd.Series(dtype=object)
         row = {"rejected": int(len(rejected))}
         if len(rejected):
