@@ -10,8 +10,6 @@ from fluxforge import runtime
 
 # stage -> (module, function): imported lazily so data stages do not pay for torch
 _STAGES = {
-    "world": ("data_stages", "world"), "ingest": ("data_stages", "ingest"), "validate": ("data_stages", "validate"),
-    "filter": ("data_stages", "filter_docs"), "dedup": ("data_stages", "dedup_docs"),
     "evaluate": ("eval_stages", "evaluate"), "register": ("eval_stages", "register"), "report": ("eval_stages", "report"),
 }
 STAGES = tuple(_STAGES)
