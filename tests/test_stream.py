@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fluxforge.config import WorldConfig
+from fluxforge.config.stream import validate_stream
 from fluxforge.continual.stream import (
     Stream,
     StreamError,
@@ -13,7 +14,6 @@ from fluxforge.continual.stream import (
     resolve_slices,
     steps_for_budget,
     unigram_similarity,
-    validate_stream,
 )
 from fluxforge.errors import FluxForgeError
 

@@ -13,7 +13,6 @@ matches them, so ``general-202[1-3]`` names three slices.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,16 +20,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from fluxforge.errors import FluxForgeError
+# the checks on a stream's tasks are params validation: they live in config (used here on running streams too)
+from fluxforge.config.stream import StreamError, resolve_slices
 
 ORDERINGS = ("given", "time", "random", "similarity", "difficulty")
 _YEAR = re.compile(r"(?:^|\D)(\d{4})$")  # a slice name ending in a four-digit year: "general-2024"
 
 T = TypeVar("T", bound=Hashable)
-
-
-class StreamError(FluxForgeError, ValueError):
-    """A stream that cannot be run as given: unknown slices, budgets below one batch, repeated task names."""
 
 
 @dataclass(frozen=True)
@@ -71,17 +67,6 @@ class Stream:
                 "tasks": [{"name": t.name, "slices": list(t.slices), "budget_tokens": t.budget_tokens} for t in self.tasks]}
 
 
-# ----------------------------------------------------------------------------- slices
-def resolve_slices(task: Task, known_slices: Sequence[str]) -> list[str]:
-    """Known slices matched by the task's names/globs, in ``known_slices`` order, without repeats."""
-    return [s for s in known_slices if any(fnmatch.fnmatch(s, p) for p in task.slices)]
-
-
-def unknown_patterns(task: Task, known_slices: Sequence[str]) -> list[str]:
-    """The task's slice names/globs that match no known slice."""
-    return [p for p in task.slices if not any(fnmatch.fnmatch(s, p) for s in known_slices)]
-
-
 # ----------------------------------------------------------------------------- budget
 def steps_for_budget(budget_tokens: int, batch_size: int, seq_len: int) -> int:
     """Optimizer steps that spend ``budget_tokens``: ``budget // (batch_size * seq_len)``, rounded down.
@@ -99,36 +84,6 @@ def steps_for_budget(budget_tokens: int, batch_size: int, seq_len: int) -> int:
         raise StreamError(f"a budget of {budget_tokens} tokens is less than one batch (batch_size*seq_len = {per_step} tokens); "
                           "raise the budget or shrink the batch")
     return steps
-
-
-def validate_stream(stream: Stream, known_slices: Sequence[str], batch_size: int, seq_len: int) -> dict[str, list[str]]:
-    """Check every task of ``stream`` and return each task's resolved slices; raise one error listing every problem.
-
-    Problems: an empty stream, a repeated task name, a task with no slices, a slice name/glob matching no
-    known slice (with the task, the name and the known slices), a budget below one batch.
-    """
-    problems: list[str] = []
-    if not stream.tasks:
-        raise StreamError("the stream has no tasks; give at least one task")
-    seen: set[str] = set()
-    for t in stream.tasks:
-        if t.name in seen:
-            problems.append(f"task name '{t.name}' is used more than once; task names must be unique")
-        seen.add(t.name)
-    per_batch = batch_size * seq_len
-    resolved: dict[str, list[str]] = {}
-    for t in stream.tasks:
-        if not t.slices:
-            problems.append(f"task '{t.name}' names no slices")
-        for p in unknown_patterns(t, known_slices):
-            problems.append(f"task '{t.name}': slice '{p}' matches no known slice (known: {list(known_slices)})")
-        if t.budget_tokens < per_batch:
-            problems.append(f"task '{t.name}': budget_tokens {t.budget_tokens} is below one batch "
-                            f"(batch_size*seq_len = {batch_size}*{seq_len} = {per_batch} tokens)")
-        resolved[t.name] = resolve_slices(t, known_slices)
-    if problems:
-        raise StreamError(f"invalid stream ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  - " + "\n  - ".join(problems))
-    return resolved
 
 
 # ----------------------------------------------------------------------------- FoMo-in-Flux chunking

@@ -1,0 +1,21 @@
+"""``register``: the registered model's name and the promotion gate."""
+
+from __future__ import annotations
+
+from fluxforge.config.base import Fraction, Strict
+
+
+class GateConfig(Strict):
+    """Promotion gate: the challenger becomes champion only if every rule holds."""
+
+    min_cyber_acc_gain: float = 0.05  # over the pretrained model, absolute accuracy
+    max_general_ppl_increase: float = 0.25  # relative to the pretrained model
+    max_significance_p: Fraction = 0.05  # one-sided binomial test of the cyber gain
+    min_student_ppl_ratio: Fraction = 0.0  # teacher_ppl / student_ppl (0 disables)
+    min_student_acc_fraction: Fraction = 0.0  # student's above-chance accuracy / teacher's, worst domain (0 disables)
+    must_beat_champion: bool = True
+
+
+class RegisterConfig(Strict):
+    model_name: str = "fluxforge-lm"
+    gate: GateConfig = GateConfig()
