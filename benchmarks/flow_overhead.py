@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report_md import machine, replace_section  # noqa: E402
+
+from fluxforge.config import dump_params, read_params  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -49,7 +50,8 @@ def main() -> None:
         for kind in ("dvc", "flow"):
             repos[kind] = Path(tmp) / kind
             subprocess.run(["git", "clone", "-q", str(ROOT), str(repos[kind])], check=True)
-            shutil.copy(ROOT / args.profile, repos[kind] / "params.yaml")
+            merged = read_params(ROOT / "params.yaml", profile=args.profile)  # the profile is an overlay
+            (repos[kind] / "params.yaml").write_text(dump_params(merged))
         n = len(subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=repos["dvc"], capture_output=True,
                                text=True, env=env).stdout.split())
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"

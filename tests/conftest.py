@@ -25,8 +25,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 @pytest.fixture
 def tiny_raw() -> dict:
-    """The tiny profile as a plain dict (tests mutate copies of it)."""
-    return yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    """The tiny profile merged over params.yaml, as a plain dict (tests mutate copies of it)."""
+    from fluxforge.config import read_params
+
+    return read_params(ROOT / "params.yaml", profile="tiny")
 
 
 @pytest.fixture

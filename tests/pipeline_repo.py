@@ -28,14 +28,19 @@ def ran(proc: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
 
 
-def make_repo(root: Path, profile: str = "profiles/tiny.yaml") -> Path:
+def make_repo(root: Path, profile: str | None = "tiny") -> Path:
+    """The pipeline, its profiles and params.yaml: ``profile`` merged over this repository's (None: as it is)."""
+    from fluxforge.config import dump_params, read_params
+
     root.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("stages", "src", "flows"):
+    for folder in ("stages", "src", "flows", "profiles"):
         shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "params.yaml"):
         shutil.copy(ROOT / name, root / name)
-    shutil.copy(ROOT / profile, root / "params.yaml")
+    if profile is not None:
+        merged = read_params(ROOT / "params.yaml", profile=profile)
+        (root / "params.yaml").write_text(dump_params(merged, header=f"params.yaml with profiles/{profile}.yaml merged over it"))
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.invalid"], root)
     run(["git", "config", "user.name", "ci"], root)

@@ -18,7 +18,7 @@ def test_default_and_tiny_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.continual.final == "continual/cyber"
     assert p.expand(["general-202[1-3]"]) == ["general-2021", "general-2022", "general-2023"]
-    load_params(ROOT / "profiles" / "tiny.yaml")
+    load_params(ROOT / "params.yaml", profile="tiny")
 
 
 def test_unknown_key_names_key_and_file(tmp_path, tiny_raw):

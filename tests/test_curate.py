@@ -17,12 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """The tiny world's jsonl sources (planted defects and duplicates), one broken line, one exact copy."""
-    import yaml
-
-    from fluxforge.config import parse_params
+    from fluxforge.config import load_params
     from fluxforge.world import generate_world
 
-    params = parse_params(yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text()))
+    params = load_params(ROOT / "params.yaml", profile="tiny")
     world = tmp_path_factory.mktemp("world")
     generate_world(params.world, world)
     out = tmp_path_factory.mktemp("corpus")

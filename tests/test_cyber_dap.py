@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import pytest
 
-from fluxforge.config import C4Config, GopherQualityConfig, Params, Source, load_params
+from fluxforge.config import C4Config, GopherQualityConfig, Params, Source, load_params, read_params
 from fluxforge.data.documents import RAW_SCHEMA, slice_of
 from fluxforge.data.sources import read_source
 
@@ -29,7 +29,7 @@ needs_samples = pytest.mark.skipif(not (DATA / "cyber").is_dir(),
 
 
 def _profile() -> Params:
-    return load_params(PROFILE)  # what `fluxforge check-params --params profiles/cyber-dap.yaml` runs
+    return load_params(ROOT / "params.yaml", profile="cyber-dap")  # what `fluxforge check-params --profile cyber-dap` runs
 
 
 def _tsv_sources() -> list[Source]:
@@ -61,14 +61,14 @@ def test_profile_passes_check_params_and_is_a_dap_recipe():
     assert p.expand(task.replay.slices) == [s for s in p.world.slices() if s.startswith("general-")]
     assert all(s.startswith("general-") for s in p.expand(p.pretrain.slices))  # the base never sees cyber text
     assert p.model.from_pretrained is None  # trained here by default; the from_pretrained line is a comment
-    assert "# from_pretrained:" in PROFILE.read_text()
+    assert "#   model: !replace {from_pretrained:" in PROFILE.read_text()
 
 
 def test_profile_keeps_every_param_section_the_dag_tracks():
     """dvc.yaml's stages list params sections; DVC stops a stage whose section is missing from params.yaml."""
     import yaml
 
-    raw = yaml.safe_load(PROFILE.read_text())
+    raw = read_params(ROOT / "params.yaml", profile="cyber-dap")  # what the profile's experiment runs on
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     tracked = {p.split(".")[0] for st in stages.values() for p in (st.get("do", st).get("params") or [])}
     assert tracked and tracked <= set(raw), f"missing sections: {sorted(tracked - set(raw))}"

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from fluxforge.config import ModelConfig, WorldConfig
+from fluxforge.config import ModelConfig, load_params
 from fluxforge.data.tokenize import encode_stream, train_tokenizer
 from fluxforge.eval.lm_eval_task import write_lm_eval_task
 from fluxforge.eval.scoring import option_loglikelihoods, score_mcq
@@ -74,7 +73,7 @@ def one_thread() -> Iterator[None]:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """A briefly trained tiny model saved with ``save_model``, and the questions."""
     tmp = tmp_path_factory.mktemp("lmeval")
-    world = WorldBuilder(WorldConfig.model_validate(yaml.safe_load((Path(__file__).parents[1] / "profiles" / "tiny.yaml").read_text())["world"]))
+    world = WorldBuilder(load_params(Path(__file__).parents[1] / "params.yaml", profile="tiny").world)
     world.build_facts()
     world.build_docs()
     texts = [d.text for d in world.docs]

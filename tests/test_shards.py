@@ -32,14 +32,12 @@ def prefect_api(tmp_path_factory):
 @pytest.fixture(scope="module")
 def world_docs(tmp_path_factory) -> pd.DataFrame:
     """The tiny world's raw documents (planted defects included), read as the ingest stage reads them."""
-    import yaml
-
-    from fluxforge.config import parse_params
+    from fluxforge.config import load_params
     from fluxforge.data.sources import read_source
     from fluxforge.world import generate_world
 
     root = Path(__file__).resolve().parents[1]
-    params = parse_params(yaml.safe_load((root / "profiles" / "tiny.yaml").read_text()))
+    params = load_params(root / "params.yaml", profile="tiny")
     out = tmp_path_factory.mktemp("world")
     generate_world(params.world, out)
     docs, _, _ = read_source(Source(name="world", format="world", path=str(out)))

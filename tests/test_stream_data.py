@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from fluxforge import paths as P
-from fluxforge.config import parse_params
+from fluxforge.config import parse_params, read_params
 from fluxforge.continual.runner import Data, task_config
 from fluxforge.data.tokenize import encode_stream, train_tokenizer
 
-TINY = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "tiny.yaml").read_text())
+TINY = read_params(Path(__file__).parents[1] / "params.yaml", profile="tiny")
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
 

@@ -6,11 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
-from fluxforge.config import ParamsError, parse_params
+from fluxforge.config import ParamsError, parse_params, read_params
 
-TINY = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "tiny.yaml").read_text())
+TINY = read_params(Path(__file__).parents[1] / "params.yaml", profile="tiny")
 
 
 def _with(**changes) -> dict:

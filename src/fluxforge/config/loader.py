@@ -146,19 +146,31 @@ def merge_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[s
     """``overlay`` over ``base`` (neither is changed): mappings merge, lists and scalars replace, ``!replace`` replaces."""
     from omegaconf import OmegaConf
 
-    cleared = _clear_replaced(copy.deepcopy(dict(base)), overlay)
-    merged = OmegaConf.merge(*(OmegaConf.create(d, flags={"allow_objects": True}) for d in (cleared, dict(overlay))))
+    cleared = _plain(base)
+    plain = _clear_replaced(cleared, overlay)
+    merged = OmegaConf.merge(*(OmegaConf.create(d, flags={"allow_objects": True}) for d in (cleared, plain)))
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
+def _plain(value: Any) -> Any:
+    """A deep copy with plain dicts and lists (OmegaConf takes a dict subclass, such as a YAML round-trip map, for an object)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return copy.copy(value)
+
+
 def _clear_replaced(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Empty each mapping of ``base`` that ``overlay`` replaces (in place: the key keeps its position)."""
+    """Empty each mapping of ``base`` that ``overlay`` replaces (the key keeps its place); return ``overlay`` untagged."""
+    plain: dict[str, Any] = {}
     for key, value in overlay.items():
         if isinstance(value, Replace):
             base[key] = {}
-        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _clear_replaced(base[key], value)
-    return base
+        if isinstance(value, Mapping):
+            value = _clear_replaced(base[key] if isinstance(base.get(key), dict) else {}, value)
+        plain[key] = _plain(value)
+    return plain
 
 
 def set_dotted(params: MutableMapping[str, Any], override: str) -> str:

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from fluxforge.config import DedupConfig, FilterConfig, RunnerConfig, Source
+from fluxforge.config import DedupConfig, FileKind, FilterConfig, RunnerConfig, Source, read_yaml, validate
 from fluxforge.data.dedup import MinHashIndex, dedup
 from fluxforge.data.documents import write_docs
 from fluxforge.data.filters.sharded import filter_in_shards
@@ -57,41 +56,21 @@ class CurateConfig(BaseModel):
     runner: RunnerConfig = RunnerConfig()
 
 
+CONFIG_FILE = FileKind(what="curate config", noun="config file", top="a mapping with source/filters/dedup/runner sections",
+                       unknown_key="unknown key (check the spelling against params.yaml's data.* sections)",
+                       error=CurateError, empty_is_mapping=True)
+
+
 # ----------------------------------------------------------------------------- config and inputs
 def load_config(path: Path | str | None) -> CurateConfig:
-    """Parse and validate the --config YAML; errors name the file and the dotted key."""
+    """Parse and validate the --config YAML (the params loader); errors name the file and the dotted key."""
     if path is None:
         return CurateConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise CurateError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CurateError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise CurateError(f"{path}: expected a mapping with source/filters/dedup/runner sections, got {type(raw).__name__}")
-    try:
-        cfg = CurateConfig.model_validate(raw)
-    except ValidationError as err:
-        raise CurateError(_errors(err, path)) from None
+    cfg = validate(CurateConfig, read_yaml(path, CONFIG_FILE), path, CONFIG_FILE)
     for key in SET_BY_COMMAND:
         if key in cfg.source:
             raise CurateError(f"{path}: source.{key}: set by --input (the glob and its file suffixes), not by the config")
     return cfg
-
-
-def _errors(err: ValidationError, path: Path, prefix: str = "") -> str:
-    lines = [f"{path}: invalid curate config:"]
-    for e in err.errors():
-        key = prefix + (".".join(str(p) for p in e["loc"]) or "<top level>")
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against params.yaml's data.* sections)"
-        got = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  - {key}: {msg}{shown}")
-    return "\n".join(lines)
 
 
 def input_format(file: Path) -> str:
@@ -127,11 +106,8 @@ def sources_for(pattern: str, by_format: dict[str, list[Path]], cfg: CurateConfi
     out = []
     for fmt in by_format:
         name = base if len(by_format) == 1 else f"{base}-{fmt}"
-        try:
-            out.append(Source.model_validate({"name": name, "format": fmt, "path": pattern, **options}))
-        except ValidationError as err:
-            where = f"{config_path or '(no --config)'} [{fmt} files]"
-            raise CurateError(_errors(err, Path(where), "source.")) from None
+        where = f"{config_path or '(no --config)'} [{fmt} files]"
+        out.append(validate(Source, {"name": name, "format": fmt, "path": pattern, **options}, where, CONFIG_FILE, "source."))
     return out
 
 

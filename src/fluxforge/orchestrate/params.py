@@ -1,36 +1,22 @@
 """Choose what a refresh runs: a params profile and ``key=value`` overrides, as ``dvc exp run -S`` takes them.
 
-They are written into the repository's ``params.yaml`` (DVC reads params from there, and the
-refresh commits it with ``dvc.lock``), then the whole file is validated before any stage runs,
-so a typo fails the refresh in a second with the key named, not an hour in.
+They are written into the repository's ``params.yaml`` (DVC reads params from there, and the refresh
+commits it with ``dvc.lock``), then the whole file is validated before any stage runs, so a typo fails
+the refresh in a second with the key named, not an hour in. The profile is an overlay merged over
+``params.yaml`` and the overrides are OmegaConf dotlists, exactly as ``fluxforge run`` and the tests read
+them (:mod:`fluxforge.config.loader`); DVC's round-trip writer keeps the file's comments and order.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import yaml
+from fluxforge.config import ParamsError, load_params, merge_overlay, profile_path, read_yaml, set_dotted
+from fluxforge.config.loader import PROFILE_FILE
 
-from fluxforge.config import ParamsError, load_params
-
-
-def set_dotted(params: dict, override: str) -> str:
-    """Apply one ``a.b.c=value`` (value parsed as YAML) to ``params``; return a line saying what changed."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise ParamsError(f"override '{override}': expected KEY=VALUE, e.g. pretrain.steps=200")
-    parts = key.strip().split(".")
-    node = params
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), Mapping):
-            raise ParamsError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a section of params.yaml")
-        node = node[part]
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    old = node.get(parts[-1], "<unset>")
-    node[parts[-1]] = value
-    return f"{key.strip()}: {old!r} -> {value!r}"
+__all__ = ["apply_params", "set_dotted"]
 
 
 def apply_params(root: Path, profile: str | None, overrides: Sequence[str]) -> list[str]:
@@ -45,18 +31,32 @@ def apply_params(root: Path, profile: str | None, overrides: Sequence[str]) -> l
 
 
 def _apply(target: Path, root: Path, profile: str | None, overrides: Sequence[str]) -> list[str]:
-    changed = []
-    if profile:
-        src = Path(profile) if Path(profile).is_absolute() else root / profile
-        if not src.exists():
-            raise ParamsError(f"params profile {src} does not exist")
-        if src.resolve() != target.resolve():
-            shutil.copyfile(src, target)
-            changed.append(f"profile {profile}")
-    if overrides:
-        from dvc.utils.serialize import modify_yaml  # DVC's own round-trip writer: comments and order survive
+    from dvc.utils.serialize import modify_yaml  # DVC's own round-trip writer: comments and order survive
 
+    changed = []
+    overlay = profile_path(profile, root) if profile else None
+    if (overlay and overlay.resolve() != target.resolve()) or overrides:
         with modify_yaml(target) as params:
+            if overlay and overlay.resolve() != target.resolve():
+                sync_mapping(params, merge_overlay(params, read_yaml(overlay, PROFILE_FILE)))
+                changed.append(f"profile {profile}")
             changed += [set_dotted(params, o) for o in overrides]
     load_params(target)  # raises ParamsError naming the file and the dotted key
     return changed
+
+
+def sync_mapping(doc: MutableMapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Make ``doc`` (a round-trip YAML mapping) equal to ``new``, touching only what differs, in ``new``'s key order.
+
+    Keys that stay keep their comments; a mapping that stays a mapping is synced key by key.
+    """
+    for key in [k for k in doc if k not in new]:
+        del doc[key]
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(doc.get(key), MutableMapping):
+            sync_mapping(doc[key], value)
+        elif key not in doc or doc[key] != value:
+            doc[key] = value
+    if list(doc) != list(new):  # a replaced mapping brings its own order (continual tasks run in it)
+        for key in new:
+            doc.move_to_end(key)  # type: ignore[attr-defined]
