@@ -1,4 +1,5 @@
 # FluxForge: two commands.  `make run` = install + whole DAG; `make test` = install + test suite.
+# `make run PROFILE=cyber-dap` runs a profile as a DVC experiment in a temporary copy (params.yaml untouched).
 PY       ?= python3.11
 VENV     := .venv
 BIN      := $(VENV)/bin
@@ -28,10 +29,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv with the pinned environment
 
-run: install     ## install, then run the whole DAG (dvc repro)
+run: install     ## install, then run the whole DAG (dvc repro); PROFILE=NAME: profiles/NAME.yaml as a DVC experiment
+ifdef PROFILE
+	$(BIN)/fluxforge run --profile $(PROFILE)
+else
 	$(BIN)/fluxforge check-params
 	$(BIN)/dvc repro
 	@$(BIN)/fluxforge summary
+endif
 
 test: install    ## install, then run the whole test suite (slow e2e included)
 	$(BIN)/python -m pytest

@@ -102,3 +102,30 @@ def test_teacher_sources_and_filter_bounds_are_checked(tiny_raw):
     raw["data"]["filters"]["gopher_quality"]["min_doc_words"] = 10**6
     with pytest.raises(ParamsError, match="min_doc_words"):
         parse_params(raw)
+
+
+def test_a_key_written_twice_is_an_error_naming_it_and_both_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("world:\n  seed: 1\n  years: [2021]\n  seed: 2\n")  # PyYAML alone would keep seed: 2
+    with pytest.raises(ParamsError, match=r"params.yaml: line 4: key 'seed' is written twice in one mapping \(first on line 2\)"):
+        load_params(path)
+
+
+def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- world\n- data\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: expected a mapping of sections at the top level, got list"):
+        load_params(path)
+    path.write_text("")
+    with pytest.raises(ParamsError, match="got NoneType"):
+        load_params(path)
+
+
+def test_overrides_are_yaml_values_on_existing_sections(tiny_raw):
+    from fluxforge.config import set_dotted
+
+    assert set_dotted(tiny_raw, "pretrain.lr=1e-3") == "pretrain.lr: 0.003 -> 0.001"  # a float, not the string '1e-3'
+    assert set_dotted(tiny_raw, "data.filters.gopher_repetition.top_n_grams.2=0.4").endswith("0.3 -> 0.4")
+    assert parse_params(tiny_raw).data.filters.gopher_repetition.top_n_grams[2] == 0.4  # the table keeps int keys
+    with pytest.raises(ParamsError, match="'pretrian' is not a section"):
+        set_dotted(tiny_raw, "pretrian.steps=3")

@@ -64,3 +64,13 @@ def test_meta_cosine_task_peaks_are_non_increasing_and_start_near_the_peak():
     assert all(p > 1e-4 for p in peaks)
     with pytest.raises(ParamsError, match="meta_cosine"):
         parse_params(_with(task_peak="meta_cosine"))  # the tiny stream trains on an infinite schedule
+
+
+def test_stream_train_is_typed_derived_once_and_kept_as_written():
+    p = parse_params(copy.deepcopy(TINY))
+    assert p.stream_train() is p.stream_train()  # derived when the params were validated, not on each call
+    assert p.stream.model_dump()["train"] == TINY["stream"]["train"]  # only the keys written are overrides
+    with pytest.raises(ParamsError, match=r"stream\.train\.lr: Input should be greater than 0 \(got -0\.1\)"):
+        parse_params(_with(train={"lr": -0.1}))
+    with pytest.raises(ParamsError, match=r"stream\.train\.schedule: Input should be 'cosine', 'wsd', 'infinite' or 'constant'"):
+        parse_params(_with(train={"schedule": "linear"}))

@@ -11,7 +11,9 @@ HELP = """FluxForge: continual pretraining as a DVC DAG with MLflow lineage.
 
 Typical use:
   make run                      install and run the whole DAG (dvc repro)
-  fluxforge check-params        validate params.yaml without running anything
+  make run PROFILE=cyber-dap    the same on profiles/cyber-dap.yaml (= fluxforge run --profile cyber-dap)
+  fluxforge run --profile tiny -S pretrain.steps=20   a DVC experiment in a temporary copy; params.yaml untouched
+  fluxforge check-params        validate params.yaml without running anything (--profile NAME: with a profile)
   fluxforge world --out DIR     generate the default world corpus elsewhere
   fluxforge summary             where the report, metrics and MLflow store are, with headline numbers
   fluxforge lineage fluxforge-lm@champion     the champion traced back to the raw data
@@ -44,14 +46,40 @@ def _params(path: str):  # noqa: ANN202
 
 
 def _check(args: argparse.Namespace) -> int:
-    from fluxforge.config import ParamsError
+    from fluxforge.config import ParamsError, load_params
+    from fluxforge.config.loader import params_source
 
     try:
-        p = _params(args.params)
+        p = load_params(args.params, args.profile, args.set)
+        where = params_source(args.params, args.profile, args.set)
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
-    print(f"{args.params}: ok ({len(p.continual.tasks)} continual tasks; slices {p.world.slices()})")
+    print(f"{where}: ok ({len(p.continual.tasks)} continual tasks; slices {p.world.slices()})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The DAG on params.yaml + a profile + overrides, as a DVC experiment in a temporary copy; params.yaml untouched."""
+    from dvc.exceptions import DvcException
+
+    from fluxforge.config import ParamsError
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate.experiment import run_experiment
+    from fluxforge.runtime import quiet_env
+
+    quiet_env()
+    try:
+        exp = run_experiment(args.root, args.profile, args.set, args.name)
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except (FluxForgeError, DvcException) as err:
+        print(f"fluxforge run: {err}", file=sys.stderr)
+        return 1
+    print(f"\nexperiment {exp.name} ({exp.rev[:7]}): `dvc exp show` lists it, `dvc exp apply {exp.name}` brings it here")
+    print(f"  report : {exp.report or '(no report stage ran)'}")
+    print(f"  MLflow : {exp.tracking_uri}")
     return 0
 
 
@@ -227,6 +255,12 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="a profile merged over params.yaml: a name (profiles/NAME.yaml) or a path")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param (repeatable; the value is YAML), e.g. -S pretrain.steps=200")
+
+
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the params file's)")
     p.add_argument("--params", default="params.yaml", help="params file whose tracking.tracking_uri is the default store")
@@ -354,7 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=_world)
     c = sub.add_parser("check-params", help="validate a params file and exit (2 on errors)")
     c.add_argument("--params", default="params.yaml")
+    _profile_args(c)
     c.set_defaults(fn=_check)
+    ru = sub.add_parser("run", help="run the DAG on a profile as a DVC experiment in a temporary copy (params.yaml untouched)",
+                        description="Merge --profile over params.yaml, apply -S overrides, validate, then run the whole "
+                        "DAG with `dvc exp run --temp`: the experiment shows in `dvc exp show`, its report is copied to "
+                        "reports/experiments/NAME/, its MLflow runs go to the repository's store.")
+    ru.add_argument("--root", default=".", help="the repository (default: here)")
+    ru.add_argument("--name", help="experiment name (default: profile-NAME, numbered when taken)")
+    _profile_args(ru)
+    ru.set_defaults(fn=_run)
     s = sub.add_parser("stage", help="run one DAG stage's command from dvc.yaml, outside DVC's bookkeeping")
     s.add_argument("name", help="a stage of dvc.yaml, e.g. tokenize or continual@cyber (or: continual cyber)")
     s.add_argument("args", nargs="*")
@@ -391,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     cu.set_defaults(fn=_curate)
     rf = sub.add_parser("refresh", help="one model refresh through Prefect: pull, repro, register/gate/promote, push, commit")
     rf.add_argument("--root", default=".", help="the repository (default: here)")
-    rf.add_argument("--profile", help="params file to use as params.yaml for this refresh (e.g. profiles/tiny.yaml)")
+    rf.add_argument("--profile", help="profile merged into params.yaml for this refresh (e.g. tiny or profiles/tiny.yaml)")
     rf.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, as `dvc exp run -S` (repeatable), e.g. -S pretrain.steps=200")
     rf.add_argument("--gpu-deployment", help="run GPU stages on this deployment (e.g. fluxforge-gpu-stage/gpu)")

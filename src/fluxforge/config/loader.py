@@ -226,12 +226,11 @@ def read_params(path: Path | str = "params.yaml", profile: str | Path | None = N
 
 
 def params_source(path: Path | str = "params.yaml", profile: str | Path | None = None, overrides: Sequence[str] = ()) -> str:
-    """How errors name merged params: ``params.yaml + profiles/tiny.yaml + -S overrides``."""
+    """How errors name merged params: ``params.yaml + profiles/tiny.yaml + -S pretrain.steps=9``."""
     parts = [str(path)]
     if profile is not None:
         parts.append(str(profile_path(profile, Path(path).parent)))
-    if overrides:
-        parts.append("-S overrides")
+    parts += [f"-S {o}" for o in overrides]
     return " + ".join(parts)
 
 
