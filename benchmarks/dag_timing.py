@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report_md import machine, replace_section  # noqa: E402
+
+from fluxforge.config import dump_params, read_params  # noqa: E402
 
 
 def sh(cmd: list[str], cwd: Path) -> tuple[float, str]:
@@ -40,12 +41,13 @@ def sh(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="params.yaml", help="params file to run (default: the default run)")
+    ap.add_argument("--profile", default="params.yaml", help="profile merged over params.yaml (default: the default run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
-        shutil.copy(ROOT / args.profile, repo / "params.yaml")
+        if args.profile != "params.yaml":  # a profile is an overlay over the clone's params.yaml
+            (repo / "params.yaml").write_text(dump_params(read_params(ROOT / "params.yaml", profile=args.profile)))
         total, log = sh(["dvc", "repro"], repo)
         stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"stage '([^']+)' done in ([0-9.]+) s", log)}
         noop, log2 = sh(["dvc", "repro"], repo)
