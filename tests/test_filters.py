@@ -410,3 +410,18 @@ def test_line_cleaning_never_empties_content_and_rejected_rows_keep_the_original
     row = rejected.set_index("id").loc["b"]
     assert row["reason"] == "boilerplate:empty_after_cleaning" and row["text"] == "Please enable JavaScript."
     assert len(kept) + len(rejected) == 2
+
+
+def test_each_filter_section_builds_its_step_and_the_section_set_builds_the_chain():
+    """config/ stays below data/: the steps register as builders of their sections (config.builds)."""
+    from fluxforge.config import DedupConfig, FilterConfig, ParamsError
+    from fluxforge.data.filters.chain import STEPS, Chain
+
+    cfg = FilterConfig()
+    for name, step in STEPS.items():
+        built = getattr(cfg, name).build()
+        assert type(built) is step and built.cfg is getattr(cfg, name)
+    chain = cfg.build()
+    assert isinstance(chain, Chain) and [type(s) for s in chain.steps] == [s for n, s in STEPS.items() if getattr(cfg, n).enabled]
+    with pytest.raises(ParamsError, match="DedupConfig builds nothing"):
+        DedupConfig().build()

@@ -12,7 +12,7 @@ section (:mod:`.world`, :mod:`.data`, :mod:`.filters`, :mod:`.tokenizer`, :mod:`
 :mod:`.tracking`), :mod:`.params` (the whole file) and :mod:`.loader` (YAML, profiles as overlays, ``-S``).
 """
 
-from fluxforge.config.base import DOMAINS, Fraction, NonNegFloat, NonNegInt, ParamsError, PosFloat, PosInt, Strict
+from fluxforge.config.base import DOMAINS, Fraction, NonNegFloat, NonNegInt, ParamsError, PosFloat, PosInt, Strict, builds
 from fluxforge.config.continual import ContinualConfig, ContinualTask
 from fluxforge.config.data import RAW_COLUMNS, ContractConfig, ContractsConfig, DataConfig, DedupConfig, RunnerConfig, Source
 from fluxforge.config.distill import DistillConfig
@@ -72,6 +72,7 @@ from fluxforge.config.train import (
 from fluxforge.config.world import CyberWorld, DefectRates, GeneralWorld, WorldConfig
 
 __all__ = [
+    "builds",
     "DOMAINS", "RAW_COLUMNS", "AgeConfig", "AveragingSettings", "BoilerplateConfig", "C4Config", "CMRPlanner",
     "ContinualConfig", "ContinualTask", "ContractConfig", "ContractsConfig", "CurriculumSettings", "CyberWorld",
     "DataConfig", "DedupConfig", "DeepSpeedSettings", "DefectRates", "DistillConfig", "EvalConfig", "FileKind",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +15,8 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 DOMAINS = ("general", "cyber")
+Factory = TypeVar("Factory", bound=Callable[..., Any])
+_BUILDERS: dict[type, Callable[..., Any]] = {}
 
 
 class ParamsError(FluxForgeError, ValueError):
@@ -28,3 +31,25 @@ class Strict(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+
+
+    def build(self) -> Any:
+        """The component this section describes (a filter section builds its step, ``data.filters`` its chain).
+
+        Components register their factory with :func:`builds` where they are defined, so config, at the bottom
+        of the layers, never imports what it configures; importing the component's package is enough.
+        """
+        for cls in type(self).__mro__:
+            if cls in _BUILDERS:
+                return _BUILDERS[cls](self)
+        raise ParamsError(f"{type(self).__name__} builds nothing yet: import the package that implements it "
+                          f"(e.g. fluxforge.data.filters for the filter sections)")
+
+
+def builds(section: type[Strict]) -> Callable[[Factory], Factory]:
+    """Class or function decorator: ``section(...).build()`` calls the decorated factory with the section."""
+    def register(factory: Factory) -> Factory:
+        _BUILDERS[section] = factory
+        return factory
+
+    return register

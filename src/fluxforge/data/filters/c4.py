@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import C4Config
+from fluxforge.config import C4Config, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.step import Step, Verdict, first_reason, no_reasons
 from fluxforge.data.filters.tokens import PUNCT_TOKEN, TERMINAL_SET
@@ -47,6 +47,7 @@ def sentences_per_line(b: Batch) -> np.ndarray:
     return out
 
 
+@builds(C4Config)
 @dataclass
 class C4(Step):
     """C4 rules (Raffel et al. 2020) as datatrove's ``C4QualityFilter``: a line transform plus doc rules.

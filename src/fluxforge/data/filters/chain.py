@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import FilterConfig
+from fluxforge.config import FilterConfig, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.c4 import C4
 from fluxforge.data.filters.fineweb import FineWebQuality
@@ -126,9 +126,10 @@ def merge_meta(meta: pd.Series, tags: dict[str, np.ndarray], ids: pd.Series) -> 
     return out
 
 
+@builds(FilterConfig)
 def build_chain(cfg: FilterConfig) -> Chain:
-    """The chain of ``data.filters``: each enabled section builds its step (``GopherQuality(cfg.gopher_quality)``)."""
-    return Chain([step(getattr(cfg, name)) for name, step in STEPS.items() if getattr(cfg, name).enabled])
+    """The chain of ``data.filters`` (also ``cfg.build()``): each enabled section builds its step, in chain order."""
+    return Chain([getattr(cfg, name).build() for name in STEPS if getattr(cfg, name).enabled])
 
 
 def apply_filters(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

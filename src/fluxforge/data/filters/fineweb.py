@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fluxforge.config import FineWebConfig
+from fluxforge.config import FineWebConfig, builds
 from fluxforge.data.filters.batch import Batch, Pieces
 from fluxforge.data.filters.step import Step, Verdict, first_reason, no_reasons
 from fluxforge.data.filters.tokens import ENDS_TERMINAL
 
 
+@builds(FineWebConfig)
 @dataclass
 class FineWebQuality(Step):
     """FineWeb quality rules (Penedo et al. 2024) as datatrove's ``FineWebQualityFilter``.

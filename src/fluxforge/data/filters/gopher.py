@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import GopherQualityConfig, GopherRepetitionConfig
+from fluxforge.config import GopherQualityConfig, GopherRepetitionConfig, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.step import Step, Verdict, first_reason, no_reasons
 from fluxforge.data.filters.tokens import ALPHA, SYMBOL_TOKEN
 
 
+@builds(GopherQualityConfig)
 @dataclass
 class GopherQuality(Step):
     """Gopher quality rules (Rae et al. 2021, App. A), with datatrove's exact definitions:
@@ -87,6 +88,7 @@ def _ngrams(b: Batch, n: int, among: np.ndarray | None = None) -> tuple[np.ndarr
     return start, codes, len(uniques)
 
 
+@builds(GopherRepetitionConfig)
 @dataclass
 class GopherRepetition(Step):
     """Gopher repetition rules (Rae et al. 2021, Table A1) with datatrove's exact definitions.

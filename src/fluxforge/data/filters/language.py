@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fluxforge.config import LanguageConfig
+from fluxforge.config import LanguageConfig, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.step import Step, Verdict, first_reason, no_reasons
 
@@ -33,6 +33,7 @@ def identify_languages(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], dtype=object), np.array([float(p[1]) for p in pairs])
 
 
+@builds(LanguageConfig)
 @dataclass
 class LanguageFilter(Step):
     """Tag ``language``/``language_score``; drop docs whose language is not allowed or scores <= threshold.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fluxforge.config import PIIConfig
+from fluxforge.config import PIIConfig, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.step import Step, Verdict, no_reasons
 
@@ -52,6 +52,7 @@ def looks_like_version(m: re.Match) -> bool:
     return bool(_VERSION_CUE.search(before) or _VERSION_AFTER.match(m.string, m.end()))
 
 
+@builds(PIIConfig)
 @dataclass
 class PIIRedactor(Step):
     """Replace emails, IPv4/IPv6 addresses and phone numbers by placeholders (never drops a doc).

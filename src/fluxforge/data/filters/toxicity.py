@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import ToxicityConfig
+from fluxforge.config import ToxicityConfig, builds
 from fluxforge.data.filters.batch import Batch
 from fluxforge.data.filters.step import FilterError, Step, Verdict, first_reason, no_reasons
 
@@ -58,6 +58,7 @@ def load_classifier(path: str) -> Callable[[Sequence[str]], Sequence[float]]:
     return obj
 
 
+@builds(ToxicityConfig)
 @dataclass
 class Toxicity(Step):
     """Drop toxic docs (lexicon: more than ``max_hits`` hits; classifier: score > threshold), or in

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import AgeConfig, BoilerplateConfig
+from fluxforge.config import AgeConfig, BoilerplateConfig, builds
 from fluxforge.data.filters.batch import Batch, Pieces
 from fluxforge.data.filters.step import Step, Verdict, first_reason, no_reasons
 
@@ -45,6 +45,7 @@ def strip_boilerplate(texts: pd.Series) -> tuple[pd.Series, pd.Series]:
     return new, pd.Series(removed, index=t.index)
 
 
+@builds(BoilerplateConfig)
 @dataclass
 class Boilerplate(Step):
     """:func:`strip_boilerplate` on every document; one the cleaning emptied is rejected by name.
@@ -75,6 +76,7 @@ def tag_age(timestamps: pd.Series, cfg: AgeConfig) -> np.ndarray:
 
 
 
+@builds(AgeConfig)
 @dataclass
 class AgeTagger(Step):
     """Tag ``age_days`` (:func:`tag_age`) into the meta of every document, rejected ones included."""

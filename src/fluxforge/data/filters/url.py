@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from fluxforge.config import URLBlocklistConfig
+from fluxforge.config import URLBlocklistConfig, builds
 from fluxforge.data.filters.batch import Batch, Pieces
 from fluxforge.data.filters.step import FilterError, Step, Verdict, first_reason, no_reasons
 
@@ -31,6 +31,7 @@ def load_url_blocklist(path: Path | str | None = None) -> dict[str, set[str]]:
     return out
 
 
+@builds(URLBlocklistConfig)
 @dataclass
 class URLBlocklist(Step):
     """Drop docs whose URL host (or a parent domain) is blocked, whose URL holds a banned word, or
