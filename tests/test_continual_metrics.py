@@ -1,12 +1,10 @@
-"""Continual metrics from hand-computed score matrices: A_KA, A_ZS, forgetting, BWT, FWT, perplexity signs, the heatmap."""
+"""Continual metrics from hand-computed score matrices: A_KA, A_ZS, forgetting, BWT, FWT, perplexity signs."""
 
-import io
 import json
 import math
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 
 from fluxforge.continual.metrics import (
     ContinualMetrics,
@@ -15,7 +13,6 @@ from fluxforge.continual.metrics import (
     continual_metrics,
     forgetting_per_task,
     forward_transfer,
-    heatmap_figure,
     knowledge_accumulation,
     zero_shot_retention,
 )
@@ -114,19 +111,3 @@ def test_bad_counts_are_rejected():
         continual_metrics(ACC3, counts=[1, 2])
     with pytest.raises(MetricsError, match=r"counts must be positive"):
         continual_metrics(ACC3, counts=[1, 0, 2])
-
-
-def test_heatmap_figure_draws_the_matrix():
-    rows, cols = ["zero-shot", "after t1", "after t2"], ["t1", "t2", "held-out"]
-    fig = heatmap_figure(ACC3, rows, cols, "accuracy")
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    np.testing.assert_allclose(ax.images[0].get_array(), np.array(ACC3))
-    assert [t.get_text() for t in ax.get_xticklabels()] == cols and [t.get_text() for t in ax.get_yticklabels()] == rows
-    assert ax.get_title() == "accuracy"
-    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.3g}" for r in ACC3 for v in r)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(MetricsError, match=r"matrix is 3x3 but 2 row labels and 3 column labels"):
-        heatmap_figure(ACC3, rows[:2], cols, "accuracy")

@@ -80,7 +80,7 @@ def test_second_repro_is_a_no_op(repo):
 
 
 def test_editing_code_reruns_only_the_stages_that_run_it(repo):
-    report_code = repo / "src" / "fluxforge" / "eval" / "report.py"
+    report_code = repo / "src" / "fluxforge" / "eval" / "report" / "studies.py"
     report_code.write_text(report_code.read_text() + "\n# edited\n")
     assert ran(_run(["dvc", "repro"], repo)) == {"report"}
 

@@ -54,7 +54,7 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     from fluxforge.orchestrate.flows import stages_to_run
 
     assert stages_to_run(flow_repo) == set()
-    report_code = flow_repo / "src" / "fluxforge" / "eval" / "report.py"
+    report_code = flow_repo / "src" / "fluxforge" / "eval" / "report" / "studies.py"
     original = report_code.read_text()
     report_code.write_text(original + "\n# edited\n")
     assert stages_to_run(flow_repo) == {"report"}

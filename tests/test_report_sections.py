@@ -1,24 +1,37 @@
-"""Report sections "Technique studies" and "Continual stream", built from synthetic metrics files.
+"""Report sections "Technique studies" and "Continual stream", built from synthetic metrics files; the page's
+escaping, its figures, and its templates as installed package data.
 
-The files follow the schemas the stages write (study_stages.py; the stream stage's stream.json/gap.csv);
-the continual metrics and the CMR plan in them are computed by the real library code, and every
-expected string is derived from the input here, not typed in.
+The files follow the schemas the stages write (the study stage's study.json/curves.csv; the stream stage's
+stream.json/gap.csv); the continual metrics and the CMR plan in them are computed by the real library code,
+and every expected string is derived from the input here, not typed in.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from fluxforge import paths as P
 from fluxforge.continual.cmr import plan_ratio
 from fluxforge.continual.metrics import ContinualMetrics
 from fluxforge.errors import DataError
-from fluxforge.eval import report as R
+from fluxforge.eval.report import build_report
+from fluxforge.eval.report.figures import heatmap_figure
+from fluxforge.eval.report.stream import cmr_figure, stream
+from fluxforge.eval.report.studies import study
+from fluxforge.io import write_json
 
 PNG = "data:image/png;base64,"
 
@@ -57,7 +70,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_study_section_shows_the_changes_of_each_variant(paths):
     data = _study_files(paths)
-    page = R._study()
+    page = study()
     for c in data["vs_baseline"].values():
         assert f"{c['heldout_loss_change']:+.4f}" in page and f"{c['acc_change']:+.3f}" in page
         assert f"{c['compute_ratio']:.2f}" in page
@@ -79,23 +92,23 @@ def test_study_sentence_flips_with_the_sign(paths):
     data = _study_files(paths)
     data["vs_baseline"]["meco"]["heldout_loss_change"] *= -1
     (paths / "metrics" / "study.json").write_text(json.dumps(data))
-    assert f"MeCo raised held-out loss by {abs(data['vs_baseline']['meco']['heldout_loss_change']):.4f}" in R._study()
+    assert f"MeCo raised held-out loss by {abs(data['vs_baseline']['meco']['heldout_loss_change']):.4f}" in study()
 
 
 def test_study_not_run_and_malformed(paths):
-    page = R._study()
+    page = study()
     assert "Technique studies not run" in page and "<code>study</code>" in page and "study.studies" in page
     data = _study_files(paths)
     del data["variants"]["meco"]["heldout_loss"]
     (paths / "metrics" / "study.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"study\.json variants\.meco: missing key 'heldout_loss'"):
-        R._study()
+        study()
 
 
 def test_study_without_curves_still_renders(paths):
     _study_files(paths)
     (paths / "plots" / "study" / "curves.csv").unlink()
-    page = R._study()
+    page = study()
     assert PNG not in page and "curves.csv is missing" in page and "MeCo" in page
 
 
@@ -142,7 +155,7 @@ def _stream_files(root: Path, merged: bool = True, without_replay: float | None 
 
 def test_stream_section_shows_matrices_metrics_replay_and_gap(paths):
     data = _stream_files(paths)
-    page = R._stream()
+    page = stream()
     assert page.count(PNG) == 4 + 1 + 1  # acc/ppl heatmaps of trunk and merged, one CMR figure, the gap curves
     for key in ("metrics", "merged_metrics"):
         m = data[key]
@@ -154,20 +167,17 @@ def test_stream_section_shows_matrices_metrics_replay_and_gap(paths):
     rise = data["general_ppl_rise"]
     assert f"rose by {rise['with_replay']:.1%}" in page and f"rose by {rise['without_replay']:.1%} without replay" in page
     assert "replay kept it lower" in page
-    gap = R.pd.read_csv(paths / "plots" / "stream" / "gap.csv")
+    gap = pd.read_csv(paths / "plots" / "stream" / "gap.csv")
     for _, g in gap.groupby("task"):
         peak = g.loc[g["general_loss"].idxmax()]
         assert f"{peak['general_loss']:.4f} (step {int(peak['step'])})" in page
     assert "general-2024 &rarr; cyber" in page and "merge ema with weight 0.5" in page
 
 
-def test_cmr_figure_highlights_the_chosen_ratio_and_draws_the_tolerance(paths, monkeypatch):
+def test_cmr_figure_highlights_the_chosen_ratio_and_draws_the_tolerance(paths):
     data = _stream_files(paths)
     plan = data["replay"]["plans"]["cyber"]
-    figs = []
-    monkeypatch.setattr(R, "_img", lambda fig: figs.append(fig) or "")
-    R._cmr_figure("cyber", plan, "stream.json")
-    ax = figs[0].axes[0]
+    ax = cmr_figure("cyber", plan, "stream.json").axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     chosen = lines[f"R={plan['ratio']:g} (chosen)"]
     others = [ln for lab, ln in lines.items() if lab.startswith("R=") and "chosen" not in lab]
@@ -183,27 +193,27 @@ def test_cmr_figure_highlights_the_chosen_ratio_and_draws_the_tolerance(paths, m
 
 def test_stream_without_merge_or_no_replay_run(paths):
     _stream_files(paths, merged=False, without_replay=None)
-    page = R._stream()
+    page = stream()
     assert page.count(PNG) == 2 + 1 + 1 and "merged" not in page.split("Forgetting and accumulation")[1].split("</table>")[0]
     assert "there is no run without replay to compare with" in page
 
 
 def test_stream_not_run_and_malformed(paths):
-    page = R._stream()
+    page = stream()
     assert "Continual stream not run" in page and "<code>stream</code>" in page
     data = _stream_files(paths)
     data["matrix"]["acc"] = data["matrix"]["acc"][:2]  # 2 rows but 3 row labels
     (paths / "metrics" / "stream.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"stream\.json matrix\.acc: matrix is 2x3 but 3 row labels"):
-        R._stream()
+        stream()
 
 
 def test_build_report_places_both_sections_and_survives_their_absence(tiny_params, in_tmp):
-    empty = R.build_report(tiny_params, P.REPORTS / "report.html").read_text()
+    empty = build_report(tiny_params, P.REPORTS / "report.html").read_text()
     assert "Technique studies not run" in empty and "Continual stream not run" in empty
     _study_files(in_tmp)
     _stream_files(in_tmp)
-    page = R.build_report(tiny_params, P.REPORTS / "report.html").read_text()
+    page = build_report(tiny_params, P.REPORTS / "report.html").read_text()
     order = [page.index(h) for h in ("2. Training", "3. Technique studies", "4. Evaluation", "5. Continual stream",
                                      "6. Registry decision")]
     assert order == sorted(order)
@@ -211,9 +221,86 @@ def test_build_report_places_both_sections_and_survives_their_absence(tiny_param
 
 
 def test_a_skipped_stream_says_so_instead_of_failing(tmp_path):
-    from fluxforge.eval.report import _stream
-
     skipped = tmp_path / "stream.json"
     skipped.write_text('{"skipped": "params has no stream section (or stream.enabled: false)"}')
-    out = _stream(skipped, tmp_path / "gap.csv")
+    out = stream(skipped, tmp_path / "gap.csv")
     assert "Continual stream not run" in out and "no stream section" in out
+
+
+# ----------------------------------------------------------------------------- the page: escaping, figures, package data
+EVIL = "<script>alert('x')</script>"
+ESCAPED = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+
+
+def test_names_from_the_data_are_escaped_everywhere_on_the_page(tiny_params, in_tmp):
+    """A source, model, task, variant or reason is whatever a user named it: on the page it is text, never markup."""
+    scores = {"general": {"acc": 0.5, "acc_norm": 0.5, "ppl": 20.0}, "cyber": {"acc": 0.4, "acc_norm": 0.4, "ppl": 30.0},
+              "slices": {EVIL: {"acc": 0.5, "ppl": 20.0}}, "parameters": 1000, "tokens_per_s": 10.0}
+    test = {"n": 10, "acc_pretrain": 0.3, "acc_final": 0.5, "gained": 3, "lost": 1, "p_final_vs_pretrain": 0.3,
+            "p_final_vs_chance": 0.02}
+    distill = {"teacher": EVIL, "student": "student", "size_ratio": 1.0, "speedup": 1.0, "general_acc_fraction": 1.0,
+               "cyber_acc_fraction": 1.0, "general_ppl_ratio": 1.0, "cyber_ppl_ratio": 1.0}
+    write_json(P.METRICS / "eval.json", {"final": EVIL, "questions": 10, "models": {EVIL: scores, "student": scores},
+                                         "tests": {EVIL: test}, "distill": distill})
+    write_json(P.METRICS / "funnel.json", {EVIL: 3})
+    write_json(P.METRICS / "filter.json", {"rejected_by_reason": {EVIL: 2}})
+    write_json(P.METRICS / "data_quality.json", {EVIL: 0.5, "confusion.filter": {EVIL: {EVIL: 1}}})
+    write_json(P.METRICS / "filter_quality.json", {EVIL: {"rejected": 1, "precision": 1.0, f"recall.{EVIL}": 1.0}})
+    write_json(P.METRICS / "register.json", {"model_name": EVIL, "version": EVIL, "promoted": False, "reasons": [f"FAIL {EVIL}"]})
+    study_data = _study_files(in_tmp)
+    study_data["variants"][EVIL] = study_data["variants"].pop("meco")
+    study_data["vs_baseline"][EVIL] = study_data["vs_baseline"].pop("meco")
+    write_json(P.METRICS / "study.json", study_data)
+    stream_data = _stream_files(in_tmp)
+    stream_data["replay"]["plans"]["cyber"]["notes"] = [EVIL]
+    stream_data.update(ordering=EVIL, schedule=EVIL, merge={"method": EVIL}, strategy={"kind": EVIL},
+                       replay={**stream_data["replay"], "mode": EVIL})
+    write_json(P.METRICS / "stream.json", stream_data)
+    params = tiny_params.model_copy(update={"tracking": tiny_params.tracking.model_copy(update={"experiment": EVIL})})
+
+    page = build_report(params, P.REPORTS / "report.html").read_text()
+    assert "<script" not in page and "alert('x')" not in page
+    for shown in (f"<code>{ESCAPED}</code>; 10 multiple-choice", f"experiment <code>{ESCAPED}</code>",  # header
+                  f"<td>filter</td><td>{ESCAPED}</td><td>2</td>", f"<tr><td>{ESCAPED}</td><td>0.500</td></tr>",  # data
+                  f"<th>{ESCAPED}</th>", f"<td>{ESCAPED}</td><td>1</td><td>1.000</td><td>{ESCAPED} 1.000</td>",
+                  f"<tr><td>{ESCAPED}</td><td>0.500</td><td>0.500</td><td>20.000</td>",  # evaluation
+                  f"<tr><td>{ESCAPED}</td><td>10</td>", f"<td>teacher ({ESCAPED})</td>",
+                  f"<tr><td>{ESCAPED}</td><td>", f"<li>{ESCAPED} lowered held-out loss",  # study
+                  f"(ordering {ESCAPED}, schedule {ESCAPED}); merge {ESCAPED}; data strategy {ESCAPED}.",  # stream
+                  f"Replay mode: <b>{ESCAPED}</b>", f"(extrapolated beyond the pilots); {ESCAPED}</td>",
+                  f"<p>{ESCAPED} version {ESCAPED} is <b>challenger</b>", f"<li>FAIL {ESCAPED}</li>"):  # registry
+        assert shown in page, shown
+
+
+def test_heatmap_figure_draws_the_matrix():
+    rows, cols = ["zero-shot", "after t1", "after t2"], ["t1", "t2", "held-out"]
+    fig = heatmap_figure(ACC, rows, cols, "accuracy")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), np.array(ACC))
+    assert [t.get_text() for t in ax.get_xticklabels()] == cols and [t.get_text() for t in ax.get_yticklabels()] == rows
+    assert ax.get_title() == "accuracy"
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.3g}" for r in ACC for v in r)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(DataError, match=r"matrix is 3x3 but 2 row labels and 3 column labels"):
+        heatmap_figure(ACC, rows[:2], cols, "accuracy")
+    with pytest.raises(DataError, match=r"not a rectangular table"):
+        heatmap_figure([[0.1, 0.2, 0.3], [0.1]], rows[:2], cols, "accuracy")
+    with pytest.raises(DataError, match=r"NaN/infinite cells at \(row, col\) \[\(1, 2\)\]"):
+        heatmap_figure([ACC[0], [0.1, 0.2, None]], rows[:2], cols, "accuracy")
+
+
+def test_templates_ship_in_the_wheel(tmp_path):
+    """pyproject's package-data puts every template into the installed package: a wheel built from this tree holds them."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    build = "from setuptools import build_meta; print(build_meta.build_wheel('dist'))"
+    wheel = subprocess.run([sys.executable, "-c", build], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()[-1]
+    shipped = set(zipfile.ZipFile(tmp_path / "dist" / wheel).namelist())
+    templates = [t.name for t in files("fluxforge.eval.report").joinpath("templates").iterdir()]
+    assert "report.html.j2" in templates and "stream.html.j2" in templates
+    assert {f"fluxforge/eval/report/templates/{t}" for t in templates} <= shipped

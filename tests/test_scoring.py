@@ -1,11 +1,12 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.eval.scoring import option_loglikelihoods, perplexity, score_mcq
-from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided
+from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided, significance
 from fluxforge.train.model import build_model
 from tiny import tiny_config
 
@@ -73,6 +74,22 @@ def test_binomial_and_mcnemar():
     assert (r["gained"], r["lost"]) == (40, 2)
     assert r["p_value"] == pytest.approx(sum(math.comb(42, k) for k in range(40, 43)) / 2**42)
     assert mcnemar_one_sided(before, before)["p_value"] == 1.0
+
+
+def test_significance_pairs_the_questions_of_the_final_and_the_pretrained_model():
+    """Rows come in any order: questions are paired by id, per domain, and other models are ignored."""
+    before = [False] * 50 + [True] * 50
+    after = [True] * 40 + [False] * 10 + [True] * 48 + [False] * 2
+    rows = [{"model": m, "domain": d, "id": f"{d}-{i:03d}", "correct": c}
+            for m, answers in (("pretrain", before), ("continual/cyber", after), ("untrained", [True] * 100))
+            for d in ("cyber", "general") for i, c in enumerate(answers)]
+    tests = significance(pd.DataFrame(rows[::-1]), final="continual/cyber")
+    paired = mcnemar_one_sided(after, before)
+    for d in ("cyber", "general"):
+        t = tests[d]
+        assert (t["n"], t["acc_pretrain"], t["acc_final"], t["gain"]) == (100, 0.5, 0.88, 0.38)
+        assert (t["gained"], t["lost"], t["p_final_vs_pretrain"]) == (paired["gained"], paired["lost"], paired["p_value"])
+        assert t["p_final_vs_chance"] == binomial_vs_chance(88, 100) and t["p_pretrain_vs_chance"] == binomial_vs_chance(50, 100)
 
 
 def test_pooled_perplexity_equals_perplexity_of_the_union(lm):

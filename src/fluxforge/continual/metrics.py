@@ -192,27 +192,3 @@ def continual_metrics(matrix: Any, counts: Sequence[float] | None = None, higher
     """Shorthand for :meth:`ContinualMetrics.compute`."""
     return ContinualMetrics.compute(matrix, counts, higher_is_better, ka_over)
 
-
-# ----------------------------------------------------------------------------- report figure
-def heatmap_figure(matrix: Any, row_labels: Sequence[str], col_labels: Sequence[str], title: str) -> Any:
-    """A matplotlib Figure of the matrix with each cell's value written in it (Agg canvas, no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    m = as_2d(matrix)
-    if m.shape != (len(row_labels), len(col_labels)):
-        raise MetricsError(f"matrix is {m.shape[0]}x{m.shape[1]} but {len(row_labels)} row labels and {len(col_labels)} column labels were given")
-    fig = Figure(figsize=(1.2 + 0.9 * m.shape[1], 1.0 + 0.6 * m.shape[0]), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    im = ax.imshow(m, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(m.shape[1]), labels=list(col_labels), rotation=45, ha="right")
-    ax.set_yticks(range(m.shape[0]), labels=list(row_labels))
-    ax.set_xlabel("evaluated on")
-    ax.set_ylabel("after training")
-    ax.set_title(title)
-    mid = (np.nanmax(m) + np.nanmin(m)) / 2
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="black" if v > mid else "white", fontsize=8)
-    fig.colorbar(im, ax=ax)
-    return fig

@@ -8,19 +8,20 @@ headline results, which the evaluate stage computes on the full sets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from fluxforge.eval.scoring import perplexity, score_mcq
 from fluxforge.io import read_jsonl
-from fluxforge.train.loop import Probe
+
+CapabilityProbe = Callable[[PreTrainedModel], dict[str, float]]  # a training loop's probe: model -> named scores
 
 
 def capability_probe(tok: PreTrainedTokenizerFast, questions: Sequence[dict], heldout: Sequence[dict], per_domain: int,
-                     seq_len: int, batch_size: int = 32) -> Probe:
+                     seq_len: int, batch_size: int = 32) -> CapabilityProbe:
     """A probe returning ``{domain}_acc`` and ``{domain}_ppl`` for each domain in the questions."""
     domains = sorted({q["domain"] for q in questions})
     qs = {d: sorted((q for q in questions if q["domain"] == d), key=lambda q: q["id"])[:per_domain] for d in domains}
@@ -38,7 +39,7 @@ def capability_probe(tok: PreTrainedTokenizerFast, questions: Sequence[dict], he
     return probe
 
 
-def world_probe(tok: PreTrainedTokenizerFast, eval_dir: Path | str, per_domain: int, seq_len: int) -> Probe:
+def world_probe(tok: PreTrainedTokenizerFast, eval_dir: Path | str, per_domain: int, seq_len: int) -> CapabilityProbe:
     """The capability probe on the generated world's questions and held-out documents (``data/world/eval``)."""
     eval_dir = Path(eval_dir)
     return capability_probe(tok, read_jsonl(eval_dir / "mcq.jsonl"), read_jsonl(eval_dir / "heldout.jsonl"), per_domain, seq_len)

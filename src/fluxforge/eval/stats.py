@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 from scipy.stats import binomtest
 
 
@@ -23,3 +24,27 @@ def mcnemar_one_sided(after: Sequence[bool], before: Sequence[bool]) -> dict:
     lost = sum(b and not a for a, b in zip(after, before))
     p = float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained + lost else 1.0
     return {"gained": gained, "lost": lost, "p_value": p}
+
+
+def significance(per_q: pd.DataFrame, final: str, baseline: str = "pretrain") -> dict[str, dict]:
+    """Accuracy of the ``final`` model against ``baseline`` and against chance (one-sided), per domain.
+
+    ``per_q`` holds one row per model and question (columns model, domain, id, correct). Questions are
+    paired by id, so the McNemar test sees which questions each model got right, not only how many.
+    """
+    def correct(model: str, domain: str) -> list[bool]:
+        return per_q[(per_q["model"] == model) & (per_q["domain"] == domain)].sort_values("id")["correct"].tolist()
+
+    out = {}
+    for domain in ("cyber", "general"):
+        after, before = correct(final, domain), correct(baseline, domain)
+        n = len(after)
+        mc = mcnemar_one_sided(after, before)
+        out[domain] = {
+            "n": n, "acc_pretrain": sum(before) / n, "acc_final": sum(after) / n,
+            "gain": (sum(after) - sum(before)) / n,
+            "p_final_vs_chance": binomial_vs_chance(sum(after), n),
+            "p_pretrain_vs_chance": binomial_vs_chance(sum(before), n),
+            "p_final_vs_pretrain": mc["p_value"], "gained": mc["gained"], "lost": mc["lost"],
+        }
+    return out

@@ -31,15 +31,20 @@ class Stage:
 
 
 def read(root: Path | str = ".") -> list[Stage]:
-    """Every stage of ``root``/dvc.yaml, in dependency order (a stage after everything it depends on)."""
+    """Every stage of ``root``/dvc.yaml, in dependency order (a stage after everything it depends on).
+
+    Stages that do not depend on each other keep their order in dvc.yaml, ``foreach`` items in the order
+    of their params (continual tasks in training order), so the order is the same on every read.
+    """
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with Repo(str(root)) as repo:
-            graph = repo.index.graph  # edges point from a stage to the stages it depends on
-            ordered = list(reversed(list(nx.topological_sort(graph))))
+            defined = {st: i for i, st in enumerate(repo.index.stages)}
+            graph = repo.index.graph.reverse(copy=False)  # edges point from a stage to the stages that depend on it
+            ordered = list(nx.lexicographical_topological_sort(graph, key=lambda st: defined.get(st, len(defined))))
     except DvcException as err:
         raise DagError(f"{Path(root) / 'dvc.yaml'}: DVC cannot read the pipeline: {err}") from err
     return [_stage(st) for st in ordered if hasattr(st, "cmd")]

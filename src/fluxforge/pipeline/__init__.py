@@ -1,1 +1,0 @@
-"""The DAG stages as library functions; stages/*.py are thin entry points to these."""
