@@ -304,3 +304,15 @@ def test_templates_ship_in_the_wheel(tmp_path):
     templates = [t.name for t in files("fluxforge.eval.report").joinpath("templates").iterdir()]
     assert "report.html.j2" in templates and "stream.html.j2" in templates
     assert {f"fluxforge/eval/report/templates/{t}" for t in templates} <= shipped
+
+
+def test_training_section_names_the_peak_each_mfu_is_measured_against(tmp_path):
+    from fluxforge.eval.report.training import curves
+    from fluxforge.io import write_json
+
+    write_json(tmp_path / "train" / "pretrain.json", {"tokens_per_s": 12345.6, "mfu": 0.42, "mfu_peak_flops": 8.0e10,
+                                                      "mfu_peak_source": "measured Some CPU float32 matmul, best of 5 trials"})
+    write_json(tmp_path / "train" / "continual_cyber.json", {"tokens_per_s": 1000.0, "mfu": 0.0})
+    html = str(curves(tmp_path / "plots", ["cyber"], tmp_path / "train"))
+    assert "12,346" in html and "42.0%" in html and "80.0" in html and "measured Some CPU float32 matmul" in html
+    assert "continual/cyber" in html and "n/a (MFU off)" in html

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 QUIET_ENV = {
@@ -48,12 +51,88 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def set_threads() -> None:
-    """Use every core we were given (CI has 2); torch defaults can oversubscribe."""
+@dataclass(frozen=True)
+class CpuBudget:
+    """The CPUs this process may really use: its affinity mask and its cgroup CPU quota (in cores)."""
+
+    affinity: int
+    quota: float | None  # None: no quota
+
+    @property
+    def usable(self) -> int:
+        """Whole cores: the fewer of the affinity mask and the quota (a 1.5-core quota gives 1), at least 1."""
+        cores = self.affinity if self.quota is None else min(self.affinity, math.floor(self.quota))
+        return max(1, cores)
+
+
+def cgroup_quota(proc: Path = Path("/proc/self"), fs: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup and its ancestors, in cores (cgroup v2 ``cpu.max`` or v1 CFS).
+
+    A container with ``--cpus 2`` on a 64-core node sees 64 CPUs in its affinity mask but may only use two;
+    the tightest limit on the way to the root counts. None when no limit is set (or nothing is readable).
+    """
+    try:
+        lines = (proc / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: cpu.max = "<quota|max> <period>"
+            base, read = fs, _v2_limit
+        elif "cpu" in controllers.split(","):  # cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us
+            base, read = fs / controllers, _v1_limit
+            if not base.exists():
+                base = fs / "cpu"
+        else:
+            continue
+        node = base / path.lstrip("/")
+        while True:
+            if (limit := read(node)) is not None:
+                limits.append(limit)
+            if node == base or base not in node.parents:
+                break
+            node = node.parent
+    return min(limits) if limits else None
+
+
+def _v2_limit(node: Path) -> float | None:
+    try:
+        quota, period = (node / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_limit(node: Path) -> float | None:
+    try:
+        quota, period = int((node / "cpu.cfs_quota_us").read_text()), int((node / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def cpu_budget() -> CpuBudget:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return CpuBudget(affinity, cgroup_quota())
+
+
+def choose_threads(budget: CpuBudget, override: int | None = None) -> int:
+    """Compute threads for torch: ``override`` (params ``runtime.threads`` / ``FLUXFORGE_THREADS``), else every
+    usable core. Never more than the budget: threads beyond the cores a process may use only wait for each other."""
+    if override:
+        return override
+    return budget.usable
+
+
+def set_threads(override: int | None = None) -> int:
+    """Set torch's intra-op threads for this process (see :func:`choose_threads`); returns the number."""
     import torch
 
-    n = int(os.environ.get("FLUXFORGE_THREADS", "0")) or os.cpu_count() or 1
+    env = int(os.environ.get("FLUXFORGE_THREADS", "0") or 0)
+    n = choose_threads(cpu_budget(), override or env or None)
     torch.set_num_threads(n)
+    return n
 
 
 def run_stage(name: str, fn: Callable[..., None], *args: str, params_path: str | None = None) -> int:

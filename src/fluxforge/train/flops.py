@@ -11,8 +11,13 @@ benchmark (benchmarks/gpu_mfu.py) can use it on a machine without the rest of th
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,6 +88,81 @@ def measure_matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype =
         sync()
         best = min(best, time.perf_counter() - t)
     return 2.0 * n**3 * per_rep / best
+
+
+# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, FLOP/s, by a substring of the device name.
+DATASHEET_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L4": 121e12}
+PEAK_TRIALS = 5
+
+
+@dataclass
+class Peak:
+    """The FLOP/s that MFU is measured against, and where that number came from (the report prints both)."""
+
+    flops: float
+    source: str
+
+    def utilisation(self, achieved: float) -> float:
+        """``achieved / flops``, never above 1.
+
+        A rate above the peak proves the peak was measured low (on a busy machine a matmul benchmark loses
+        its cores too), so the peak becomes that achieved rate instead of MFU going past 100%.
+        """
+        if achieved > self.flops:
+            self.flops = achieved
+            if "raised" not in self.source:
+                self.source += "; raised to a rate the run achieved"
+        return achieved / self.flops if self.flops > 0 else 0.0
+
+
+def peak_cache() -> Path:
+    return Path(os.environ.get("FLUXFORGE_PEAK_CACHE", Path.home() / ".cache" / "fluxforge" / "matmul_peaks.json"))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, trials: int = PEAK_TRIALS) -> Peak:
+    """The peak to measure MFU against: a datasheet value for a known GPU in bf16/fp16, else a measured one.
+
+    Measured: the best of ``trials`` short matmul trials now, and never below the best this machine (CPU or GPU
+    model, torch version, threads, dtype) ever measured, kept in :func:`peak_cache`: a peak measured while
+    another process held a core would otherwise make every MFU of the run too high.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if dtype in (torch.bfloat16, torch.float16):
+            for key, value in DATASHEET_BF16.items():
+                if key in name:
+                    return Peak(value, f"datasheet: {name}, dense {str(dtype).removeprefix('torch.')}")
+    else:
+        name = _cpu_name()
+    key = f"{device.type}|{name}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dtype}"
+    now = measure_matmul_peak(device, dtype, reps=trials)
+    cache = peak_cache()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    best = max(now, float(known.get(key, 0.0)))
+    if best > known.get(key, 0.0):
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({**known, key: best}, indent=1))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home: the peak of this run is still the best of its trials
+    return Peak(best, f"measured {name} {str(dtype).removeprefix('torch.')} matmul, best of {trials} trials now "
+                      f"and of earlier runs on this machine ({cache})")
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:

@@ -172,14 +172,15 @@ def run_job(params: Params, stage: str, name: str, cfg: TrainConfig, model: torc
     seconds = history[-1]["elapsed"]  # includes the time before a crash when the run was resumed
     metrics = {k: info[k] for k in ("steps", "tokens", "cumulative_tokens", "parameters", "final_loss")}
     metrics.update(train_seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0,
-                   mlflow_run_id=getattr(tracker, "run_id", ""), mfu=history[-1].get("mfu", 0.0))
+                   mlflow_run_id=getattr(tracker, "run_id", ""), mfu=history[-1].get("mfu", 0.0),
+                   mfu_peak_flops=history[-1].get("peak_flops", 0.0), mfu_peak_source=history[-1].get("peak_source", ""))
     write_json(P.train_metrics_file(name), metrics)
     write_rows(history, curve, CURVE_FIELDS)
     write_rows(probes or [{"step": 0}], P.PLOTS / "capability" / f"{name.replace('/', '_')}.csv")  # a DVC output either way
     if tracker:
         logged = {r["step"] for r in live}
         tracker.history([r for r in history if r["step"] not in logged])  # rows from before a crash, or a growth phase
-        tracker.metrics({k: v for k, v in metrics.items() if k != "mlflow_run_id"})
+        tracker.metrics({k: v for k, v in metrics.items() if k not in ("mlflow_run_id", "mfu_peak_source")})
         if probes:
             keys = [k for k in probes[0] if k != "step"]
             tracker.history([{"step": r["step"], **{f"probe_{k}": r[k] for k in keys}} for r in probes],

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from fluxforge.config import TrainConfig
 from fluxforge.runtime import set_threads
 from fluxforge.train.engine import make_engine
+from fluxforge.train.flops import Peak, device_peak, flops_per_token
 from fluxforge.train.packing import document_attention
 from fluxforge.train.sampler import Batch, Sampler, as_batch
 
@@ -157,7 +158,7 @@ def train(
         run_probe(0)
     model.train()
     tokens_per_step = sampler.batch_size * sampler.seq_len
-    flops_token, peak = _flops_and_peak(model, sampler.seq_len, eng) if eng.is_main else (0.0, 0.0)
+    flops_token, peak = _flops_and_peak(model, sampler.seq_len, eng) if eng.is_main else (0.0, None)
     t0 = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     window: list[torch.Tensor] = []  # each step's loss, still on the device: read back (one sync) only when needed
     t_window = time.perf_counter()
@@ -197,7 +198,8 @@ def train(
             tps = len(values) * tokens_per_step / max(now - t_window, 1e-9)
             row = {"step": done, "loss": sum(values) / len(values), "lr": eng.lr(),
                    "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps,
-                   "mfu": tps * flops_token / peak if peak else 0.0}
+                   "mfu": peak.utilisation(tps * flops_token) if peak else 0.0,
+                   **({"peak_flops": peak.flops, "peak_source": peak.source} if peak else {})}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
             if on_log is not None and eng.is_main:
@@ -220,19 +222,17 @@ def device_type(eng) -> str:  # noqa: ANN001
     return getattr(getattr(eng, "device", None), "type", "cpu")
 
 
-def _flops_and_peak(model: torch.nn.Module, seq_len: int, eng) -> tuple[float, float]:  # noqa: ANN001
-    """Training FLOPs per token of this model and the device's matmul peak, measured now (for MFU).
+def _flops_and_peak(model: torch.nn.Module, seq_len: int, eng) -> tuple[float, Peak | None]:  # noqa: ANN001
+    """Training FLOPs per token of this model and the peak to measure MFU against (:func:`device_peak`).
 
-    Measuring the peak in the same process keeps MFU honest about *this* machine (a shared 2-core VM
-    has no published peak); it costs well under a second.
+    A measured peak keeps MFU honest about *this* machine (a shared 2-core VM has no published peak);
+    it costs well under a second.
     """
     config = getattr(model, "config", None)
     if config is None or os.environ.get("FLUXFORGE_MFU", "1") == "0":
-        return 0.0, 0.0
-    from fluxforge.train.flops import flops_per_token, measure_matmul_peak
-
+        return 0.0, None
     try:
-        return flops_per_token(config, seq_len), measure_matmul_peak(eng.device, eng.compute_dtype)
+        return flops_per_token(config, seq_len), device_peak(eng.device, eng.compute_dtype)
     except (AttributeError, TypeError) as err:  # a model without Llama-style config fields: no MFU
         log.info("no MFU for %s: %s", type(model).__name__, err)
-        return 0.0, 0.0
+        return 0.0, None

@@ -23,7 +23,8 @@ def build_report(params: Params, out: Path) -> Path:
     sections = {
         "funnel": funnel(read_json(P.METRICS / "funnel.json"), {s: read_json(P.METRICS / f"{s}.json") for s in ("ingest", "filter", "dedup")}),
         "quality": quality(read_json(P.METRICS / "data_quality.json"), read_json(P.METRICS / "filter_quality.json")),
-        "curves": curves(P.PLOTS / "train", tasks), "capability": capability(P.PLOTS / "capability", tasks),
+        "curves": curves(P.PLOTS / "train", tasks, P.METRICS / "train"),
+        "capability": capability(P.PLOTS / "capability", tasks),
         "study": study(P.METRICS / "study.json", P.PLOTS / "study" / "curves.csv"),
         "accuracy": accuracy(ev), "tests": tests(ev), "distill": distill(ev),
         "stream": stream(P.METRICS / "stream.json", P.PLOTS / "stream" / "gap.csv"),
