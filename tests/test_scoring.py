@@ -1,11 +1,20 @@
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from fluxforge.data.tokenize import train_tokenizer
-from fluxforge.eval.scoring import option_loglikelihoods, perplexity, score_mcq
+from fluxforge.eval.scoring import (
+    DEFAULT_MAX_LENGTH,
+    mcq_predictions,
+    option_loglikelihoods,
+    perplexity,
+    request_tokens,
+    resolve_max_length,
+    score_mcq,
+)
 from fluxforge.eval.stats import binomial_vs_chance, mcnemar_one_sided, significance
 from fluxforge.train.model import build_model
 from tiny import tiny_config
@@ -20,18 +29,69 @@ def lm():
     return build_model(TINY, len(tok), tok.eos_token_id, tok.pad_token_id).eval(), tok
 
 
-def test_loglikelihood_matches_a_direct_forward_pass(lm):
+def _direct(model, ids: list[int], n_ctx: int) -> tuple[float, bool]:
+    """Summed log-probability of ids[n_ctx:] given ids[:n_ctx] from one plain forward pass, and whether it is greedy."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    span = range(n_ctx - 1, len(ids) - 1)
+    return sum(logp[i, ids[i + 1]].item() for i in span), all(int(logp[i].argmax()) == ids[i + 1] for i in span)
+
+
+@pytest.mark.parametrize("add_bos_token", [None, True])
+def test_loglikelihood_matches_a_direct_forward_pass(lm, add_bos_token):
+    """Our tokenizer adds nothing, so lm-eval's default scores the bare context; add_bos_token=True puts its BOS (= EOS) first."""
     model, tok = lm
     ctx, cont = "Question: Which weakness affects Zorvex Gateway?\nAnswer:", " SQL injection"
-    got = option_loglikelihoods(model, tok, [ctx, ctx], [cont, " path traversal"])
+    got = option_loglikelihoods(model, tok, [ctx, ctx], [cont, " path traversal"], add_bos_token=add_bos_token)
+    prefix = [tok.bos_token_id] if add_bos_token else []
+    whole = prefix + tok(ctx + cont, add_special_tokens=False)["input_ids"]
+    expect, greedy = _direct(model, whole, len(prefix) + len(tok(ctx, add_special_tokens=False)["input_ids"]))
+    assert got.loglik[0] == pytest.approx(expect, abs=1e-4) and got.is_greedy[0] == greedy
+    assert got.loglik[0] != pytest.approx(got.loglik[1])
+
+
+def test_requests_are_built_as_lm_eval_builds_them(lm):
+    model, tok = lm
+    bos = tok.bos_token_id
+
+    def enc(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    # trailing whitespace of the context moves to the continuation; the context keeps its own encoding
+    [(ctx, cont)] = request_tokens(tok, ["Answer: \n"], ["SQL"])
+    assert ctx == enc("Answer:") and ctx + cont == enc("Answer: \nSQL")
+    # an empty context is the prefix token (BOS, which is EOS here); a context already starting with it gets no second one
+    assert request_tokens(tok, [""], [" SQL"]) == [([bos], enc(" SQL"))]
+    assert request_tokens(tok, [tok.bos_token + "Answer:"], [" SQL"], add_bos_token=True)[0][0] == [bos, *enc("Answer:")]
+    assert request_tokens(tok, ["Answer:"], [" SQL"], add_bos_token=True)[0][0] == [bos, *enc("Answer:")]
+    assert request_tokens(tok, ["Answer:"], [" SQL"], add_bos_token=False)[0][0] == enc("Answer:")
+    assert not tok.add_bos_token and tok("x")["input_ids"] == enc("x")  # the caller's tokenizer keeps its setting
+    with pytest.raises(ValueError, match="no tokens"):
+        request_tokens(tok, ["   "], [" SQL"])
+
+
+def test_long_inputs_lose_tokens_on_the_left(lm):
+    model, tok = lm
+    ctx = "Zorvex Gateway is affected by SQL injection and buffer overflow. " * 4 + "Question: Which weakness?\nAnswer:"
+    cont = " SQL injection"
     whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
-    n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
-    ids = torch.tensor([[tok.eos_token_id] + whole])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-    expect = sum(logp[i, ids[0, i + 1]].item() for i in range(n_ctx, len(whole)))
-    assert got[0] == pytest.approx(expect, abs=1e-4)
-    assert got[0] != pytest.approx(got[1])
+    n_cont = len(whole) - len(tok(ctx, add_special_tokens=False)["input_ids"])
+    assert len(whole) > 12
+    got = option_loglikelihoods(model, tok, [ctx], [cont], max_length=11)
+    expect, greedy = _direct(model, whole[-12:], 12 - n_cont)  # max_length + 1 tokens, fed all but the last
+    assert got.loglik[0] == pytest.approx(expect, abs=1e-4) and got.is_greedy[0] == greedy
+    assert got.loglik[0] != pytest.approx(option_loglikelihoods(model, tok, [ctx], [cont]).loglik[0], abs=1e-3)
+    with pytest.raises(ValueError, match="does not fit"):
+        option_loglikelihoods(model, tok, [ctx], [cont * 4], max_length=n_cont)
+
+
+def test_max_length_is_resolved_as_lm_eval_resolves_it(lm):
+    model, tok = lm
+    assert resolve_max_length(model, tok) == TINY.max_position_embeddings
+    assert resolve_max_length(model, tok, 16) == 16
+    bare = SimpleNamespace(config=SimpleNamespace())
+    assert resolve_max_length(bare, SimpleNamespace(model_max_length=512)) == 512
+    assert resolve_max_length(bare, tok) == DEFAULT_MAX_LENGTH == 2048  # a tokenizer without a length says "infinity"
 
 
 def test_batching_does_not_change_scores(lm):
@@ -40,18 +100,28 @@ def test_batching_does_not_change_scores(lm):
     cont = [" SQL injection", " buffer overflow", " path traversal", " x", " SQL", " injection"]
     one = option_loglikelihoods(model, tok, ctx, cont, batch_size=1)
     many = option_loglikelihoods(model, tok, ctx, cont, batch_size=64)
-    assert one == pytest.approx(many, abs=1e-4)
+    assert one.loglik == pytest.approx(many.loglik, abs=1e-4) and (one.is_greedy == many.is_greedy).all()
 
 
 def test_mcq_picks_the_highest_likelihood_and_length_normalises(lm):
     model, tok = lm
     q = {"id": "q1", "question": "Question: Which weakness affects Zorvex Gateway?\nAnswer:",
          "options": ["SQL injection", "buffer overflow", "path traversal", "race condition"], "answer": 0}
-    ll = option_loglikelihoods(model, tok, [q["question"]] * 4, [" " + o for o in q["options"]])
+    ll = option_loglikelihoods(model, tok, [q["question"]] * 4, [" " + o for o in q["options"]]).loglik
     r = score_mcq(model, tok, [q])[0]
-    assert r["pred"] == int(ll.argmax())
+    assert r["pred"] == int(ll.argmax()) and r["loglik"] == pytest.approx(ll.tolist())
     norm = [v / len(o) for v, o in zip(ll, q["options"])]
     assert r["pred_norm"] == norm.index(max(norm))
+
+
+def test_an_empty_option_is_scored_and_never_wins_acc_norm(lm):
+    """lm-eval divides by the option's length: an empty option's acc_norm score is -inf (or nan for 0/0, chosen by argmax)."""
+    model, tok = lm
+    q = {"id": "q1", "question": "Question: Which weakness?\nAnswer:", "options": ["SQL injection", "", "x"], "answer": 1}
+    r = score_mcq(model, tok, [q])[0]
+    assert r["loglik"][1] < 0 and r["pred_norm"] != 1
+    assert mcq_predictions([-1.0, -0.5], ["", "ab"]) == (1, 1)
+    assert mcq_predictions([0.0, -0.5], ["", "ab"]) == (0, 0)  # 0/0 is nan, and numpy's argmax takes the first nan
 
 
 def test_uniform_model_has_perplexity_equal_to_vocab(lm):
