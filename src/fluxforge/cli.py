@@ -261,21 +261,34 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                    help="override a param (repeatable; the value is YAML), e.g. -S pretrain.steps=200")
 
 
+def _true_false(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+    return value.lower() == "true"
+
+
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the params file's)")
     p.add_argument("--params", default="params.yaml", help="params file whose tracking.tracking_uri is the default store")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    """Score one model on one task file; bad input exits 2 with the reason and no traceback."""
+    """Score one model on one task file; bad input exits 2 with the reason and no traceback, a --compare difference 1."""
     from fluxforge.errors import FluxForgeError
+    from fluxforge.eval.lm_eval_samples import read_lm_eval_samples
     from fluxforge.eval.tasks import load_task
+    from fluxforge.runtime import setup_logging
 
+    setup_logging()  # a skipped row is a warning naming it
     try:
-        task = load_task(args.task, args.format)  # before the model: a broken file fails in a second
+        task = load_task(args.task, args.format, strict=args.strict)  # before the model: a broken file fails in a second
         if args.limit is not None and args.limit < 1:
             raise FluxForgeError(f"--limit must be at least 1, got {args.limit}")
+        if args.compare and args.method != "loglik":
+            raise FluxForgeError("--compare diffs log-likelihoods with lm-eval's samples: use it with --method loglik")
+        samples = read_lm_eval_samples(args.compare) if args.compare else None
         from fluxforge.eval.generation import evaluate_task, format_table
+        from fluxforge.eval.scoring import LM_EVAL_VERSION, resolve_max_length
         from fluxforge.io import write_json
         from fluxforge.runtime import set_threads
         from fluxforge.track.resolve import local_model_path
@@ -287,17 +300,50 @@ def _eval(args: argparse.Namespace) -> int:
         path = local_model_path(args.model)
         model, tok = load_model(path)
         result = evaluate_task(task, model, tok, method=args.method, limit=args.limit, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, shots=args.shots)
+                               max_new_tokens=args.max_new_tokens, shots=args.shots, add_bos_token=args.add_bos_token,
+                               max_length=args.max_length)
     except FluxForgeError as err:
         print(f"fluxforge eval: {err}", file=sys.stderr)
         return 2
     print(format_table(result))
+    settings = {"lm_eval_version": LM_EVAL_VERSION, "add_bos_token": args.add_bos_token,
+                "max_length": resolve_max_length(model, tok, args.max_length)}
+    diff = _compare(result, samples, args.compare) if samples is not None else None
+    if args.lm_eval_task:
+        _write_lm_eval_task(task, args, path)
     if args.out:
-        write_json(Path(args.out), {"model": args.model, "model_path": str(path), "file": str(task.path), **result.to_dict()})
+        write_json(Path(args.out), {"model": args.model, "model_path": str(path), "file": str(task.path), "requests": settings,
+                                    **result.to_dict(), **({"compare": diff} if diff else {})})
         print(f"per-question results: {args.out}")
     if args.log:
         print(f"MLflow run: {_log_eval(args, task, result)}")
-    return 0
+    return 1 if diff is not None and not diff["identical"] else 0
+
+
+def _compare(result, samples: list[dict], path: str) -> dict:  # noqa: ANN001 - a TaskResult
+    """Diff the scored questions with lm-eval's samples and print the differences."""
+    from fluxforge.eval.lm_eval_samples import compare_samples, format_comparison
+
+    diff = compare_samples(result.questions, samples)
+    print(format_comparison(diff, path))
+    return diff
+
+
+def _write_lm_eval_task(task, args: argparse.Namespace, model_path: Path) -> None:  # noqa: ANN001 - a Task
+    """Write the questions scored as an lm-eval task and print the lm_eval command whose samples --compare reads."""
+    import re
+
+    from fluxforge.eval.generation import loglik_requests
+    from fluxforge.eval.lm_eval_task import write_lm_eval_task
+
+    name = re.sub(r"\W", "_", f"fluxforge_{task.name}")
+    questions = task.questions[: args.limit] if args.limit else task.questions
+    folder = write_lm_eval_task(loglik_requests(task, questions), Path(args.lm_eval_task), name)
+    model_args = ",".join([f"pretrained={model_path}",
+                           *(f"{k}={v}" for k, v in (("add_bos_token", args.add_bos_token), ("max_length", args.max_length))
+                             if v is not None)])
+    print(f"lm-eval task {name} in {folder}; its samples for --compare:\n  lm_eval --model hf --model_args {model_args} "
+          f"--include_path {folder} --tasks {name} --log_samples --output_path {folder / 'out'}")
 
 
 def _log_eval(args: argparse.Namespace, task, result) -> str:  # noqa: ANN001
@@ -310,7 +356,8 @@ def _log_eval(args: argparse.Namespace, task, result) -> str:  # noqa: ANN001
     mlflow.set_experiment(args.log)
     with mlflow.start_run(run_name=f"eval {task.name}") as run:
         mlflow.log_params({"model": args.model, "task_file": str(task.path), "format": task.format, "method": args.method,
-                           "limit": args.limit or "", "questions": result.n})
+                           "limit": args.limit or "", "questions": result.n, "skipped_rows": len(result.skipped),
+                           "add_bos_token": args.add_bos_token, "max_length": args.max_length or ""})
         mlflow.set_tags({"fluxforge.stage": "eval", "task.sha256": digest_path(task.path)})
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
         mlflow.log_metrics({f"{t}.{k}": float(v) for t, m in result.per_topic.items() for k, v in m.items() if k != "n"})
@@ -415,10 +462,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--method", choices=("loglik", "generate"), default="loglik",
                    help="loglik: rank options by likelihood; generate: greedy reply parsed as the official script does")
     e.add_argument("--limit", type=int, help="score only the first N questions")
-    e.add_argument("--out", help="write metrics and per-question results to this JSON file")
+    e.add_argument("--out", help="write metrics, skipped rows and per-question results (context, continuations, "
+                   "per-option log-likelihoods, predictions; the generation with --method generate) to this JSON file")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-new-tokens", type=int, help="generation budget (default: per format, SecEval 5 as official)")
     e.add_argument("--shots", type=int, default=5, help="SecEval solved examples in each generation prompt (official: 5)")
+    e.add_argument("--add-bos-token", type=_true_false, metavar="{true,false}",
+                   help="lm-eval HFLM's add_bos_token (default: unset, the tokenizer's own behaviour, as lm-eval's default)")
+    e.add_argument("--max-length", type=int, help="lm-eval HFLM's max_length: inputs are cut on the left to it "
+                   "(default: the model config's length, else the tokenizer's, else 2048, as lm-eval)")
+    e.add_argument("--strict", action="store_true", help="fail on the first row that cannot be scored (and on empty "
+                   "options) instead of skipping it with a warning")
+    e.add_argument("--compare", metavar="LM_EVAL_SAMPLES.jsonl", help="diff every question with lm-eval's --log_samples "
+                   "file of the same questions (max |loglik difference|, choices that differ); exit 1 if they differ")
+    e.add_argument("--lm-eval-task", metavar="DIR", help="also write the questions scored as an lm-eval task in DIR and "
+                   "print the lm_eval command whose samples --compare reads")
     e.add_argument("--log", metavar="EXPERIMENT", help="also log the results as a run of this MLflow experiment")
     _registry_args(e)
     e.set_defaults(fn=_eval)

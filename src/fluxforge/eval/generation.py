@@ -27,11 +27,18 @@ otherwise verbatim; SecEval's already ends so).
 The generation scorer takes any ``generate(prompts) -> outputs`` callable: :func:`hf_generator`
 wraps an HF model (batched, left-padded, greedy), and tests pass plain functions.
 
-Log-likelihood scoring (lm-evaluation-harness style, via :func:`fluxforge.eval.scoring.score_mcq`)
-is for single-answer tasks: ``acc``/``acc_norm`` rank the option texts after
-``Question: ...\\nAnswer:``; ``acc_letter`` ranks the letters after a prompt that lists the
-options. For SecEval the letters of all 15 non-empty subsets are ranked, so a multi-answer
-question is right only if its exact set is the most likely.
+Log-likelihood scoring (lm-evaluation-harness 0.4.13's requests and metrics, via
+:func:`fluxforge.eval.scoring.score_mcq`) is for single-answer tasks: ``acc``/``acc_norm`` rank the
+option texts after ``Question: ...\\nAnswer:`` (:func:`loglik_requests`: exactly what lm-eval
+scores for a task written with :func:`fluxforge.eval.lm_eval_task.write_lm_eval_task`);
+``acc_letter`` ranks the letters after a prompt that lists the options. For SecEval the letters
+of all 15 non-empty subsets are ranked, so a multi-answer question is right only if its exact set
+is the most likely. Each question's record holds what a row-by-row diff with lm-eval's
+``--log_samples`` output needs (context, continuations, per-option log-likelihoods, is_greedy,
+predictions; :mod:`fluxforge.eval.lm_eval_samples` does the diff).
+
+Generation encodes a prompt as lm-eval's ``HFLM`` does (the tokenizer's own special tokens,
+``add_bos_token``; see :mod:`fluxforge.eval.scoring`), so both methods see the same prefix.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import logging
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +56,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from fluxforge.eval.scoring import TARGET_DELIMITER, encode, lm_eval_tokenizer, resolve_max_length, score_mcq
 from fluxforge.eval.tasks import LETTERS, Question, Task
 
 log = logging.getLogger(__name__)
@@ -148,7 +157,7 @@ def build_prompt(task: Task, q: Question, shots: int = 5) -> str:
 # ---------------------------------------------------------------------------------------------- results
 @dataclass
 class TaskResult:
-    """Accuracy overall and per topic, plus one record per question."""
+    """Accuracy overall and per topic, one record per question, and the rows of the file that were skipped."""
 
     task: str
     format: str
@@ -157,10 +166,15 @@ class TaskResult:
     metrics: dict[str, float]
     per_topic: dict[str, dict[str, float]] = field(default_factory=dict)
     questions: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def skip_reasons(self) -> dict[str, int]:
+        return dict(Counter(s["reason"] for s in self.skipped))
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "format": self.format, "method": self.method, "n": self.n, "metrics": self.metrics,
-                "per_topic": self.per_topic, "questions": self.questions}
+        return {"task": self.task, "format": self.format, "method": self.method, "n": self.n, "n_scored": self.n,
+                "n_skipped": len(self.skipped), "skip_reasons": self.skip_reasons(), "skipped": self.skipped,
+                "metrics": self.metrics, "per_topic": self.per_topic, "questions": self.questions}
 
 
 def _aggregate(task: Task, method: str, rows: list[dict], keys: Sequence[str], extra: dict[str, float] | None = None) -> TaskResult:
@@ -171,8 +185,9 @@ def _aggregate(task: Task, method: str, rows: list[dict], keys: Sequence[str], e
     for t in topics:
         sub = [r for r in rows if t in r["topics"]]
         per_topic[t] = {**{k: sum(bool(r[f"correct{k[3:]}"]) for r in sub) / len(sub) for k in keys}, "n": len(sub)}
+    skipped = [{"row": s.row, "kind": s.kind, "reason": s.reason, "detail": s.detail} for s in task.skipped]
     return TaskResult(task=task.name, format=task.format, method=method, n=n, metrics={**metrics, **(extra or {})},
-                      per_topic=per_topic, questions=rows)
+                      per_topic=per_topic, questions=rows, skipped=skipped)
 
 
 def _selected(task: Task, limit: int | None) -> list[Question]:
@@ -189,55 +204,80 @@ def score_generate(task: Task, generate: GenerateFn, limit: int | None = None, s
         raise ValueError(f"generate returned {len(outputs)} outputs for {len(prompts)} prompts")
     parse = PARSERS[task.format]
     rows = []
-    for q, out in zip(qs, outputs):
+    for q, prompt, out in zip(qs, prompts, outputs):
         pred = parse(out)
-        rows.append({"id": q.id, "answer": q.answer, "output": out, "pred": pred, "correct": pred == q.answer,
-                     "topics": list(q.topics)})
+        rows.append({"id": q.id, "row": q.row, "gold": q.answer, "topics": list(q.topics), "prompt": prompt,
+                     "output": out, "pred": pred, "correct": pred == q.answer})
     parsed = sum(r["pred"] not in (None, "") for r in rows) / max(len(rows), 1)
     return _aggregate(task, "generate", rows, ["acc"], {"parsed": parsed})
 
 
-def score_loglik(task: Task, model: PreTrainedModel, tok: PreTrainedTokenizerFast, limit: int | None = None,
-                 batch_size: int = 32) -> TaskResult:
-    """Rank options by log-likelihood; see the module docstring for what each metric ranks."""
-    from fluxforge.eval.scoring import score_mcq
+def text_prompt(q: Question) -> str:
+    """The context whose continuations are the option texts (``acc`` / ``acc_norm``)."""
+    return f"Question: {q.question}\nAnswer:"
 
-    qs = _selected(task, limit)
+
+def loglik_requests(task: Task, questions: Sequence[Question]) -> list[dict]:
+    """The questions as :func:`~fluxforge.eval.scoring.score_mcq` ranks them for ``acc`` / ``acc_norm``.
+
+    ``{id, question (the context), options, answer (an index)}``: option texts after :func:`text_prompt`,
+    or for a multi-answer task the 15 letter sets after :func:`listed_prompt`. Written with
+    :func:`~fluxforge.eval.lm_eval_task.write_lm_eval_task`, they are the task lm-eval scores the same way.
+    """
     if task.multi_answer:
-        req = [{"id": q.id, "question": listed_prompt(q), "options": list(SUBSETS), "answer": SUBSETS.index(q.answer)} for q in qs]
-        res = score_mcq(model, tok, req, batch_size=batch_size)
-        rows = [{"id": q.id, "answer": q.answer, "pred": SUBSETS[r["pred"]], "correct": r["correct"], "topics": list(q.topics)}
-                for q, r in zip(qs, res)]
+        return [{"id": q.id, "question": listed_prompt(q), "options": list(SUBSETS), "answer": SUBSETS.index(q.answer)}
+                for q in questions]
+    return [{"id": q.id, "question": text_prompt(q), "options": list(q.options), "answer": q.answer_index} for q in questions]
+
+
+def _request_record(req: dict, res: dict, labels: Sequence[str]) -> dict:
+    """What lm-eval's samples hold for one question: context, continuations, log-likelihoods, is_greedy, choices."""
+    return {"context": req["question"], "continuations": [TARGET_DELIMITER + o for o in req["options"]],
+            "loglik": res["loglik"], "is_greedy": res["is_greedy"], "pred": labels[res["pred"]],
+            "pred_norm": labels[res["pred_norm"]]}
+
+
+def score_loglik(task: Task, model: PreTrainedModel, tok: PreTrainedTokenizerFast, limit: int | None = None,
+                 batch_size: int = 32, add_bos_token: bool | None = None, max_length: int | None = None) -> TaskResult:
+    """Rank options by log-likelihood; see the module docstring for what each metric ranks.
+
+    ``add_bos_token`` and ``max_length`` are lm-eval ``HFLM``'s model arguments (None: its defaults).
+    """
+    qs = _selected(task, limit)
+    reqs = loglik_requests(task, qs)
+    res = score_mcq(model, tok, reqs, batch_size, add_bos_token, max_length)
+    if task.multi_answer:
+        rows = [{"id": q.id, "row": q.row, "gold": q.answer, "topics": list(q.topics), **_request_record(req, r, SUBSETS),
+                 "correct": r["correct"]} for q, req, r in zip(qs, reqs, res)]
         return _aggregate(task, "loglik", rows, ["acc"])
-    text = score_mcq(model, tok, [{"id": q.id, "question": f"Question: {q.question}\nAnswer:", "options": list(q.options),
-                                   "answer": q.answer_index} for q in qs], batch_size=batch_size)
-    letter = score_mcq(model, tok, [{"id": q.id, "question": listed_prompt(q), "options": list(q.letters),
-                                     "answer": q.answer_index} for q in qs], batch_size=batch_size)
-    rows = [{"id": q.id, "answer": q.answer, "pred": LETTERS[t["pred"]], "pred_norm": LETTERS[t["pred_norm"]],
-             "pred_letter": LETTERS[x["pred"]], "correct": t["correct"], "correct_norm": t["correct_norm"],
-             "correct_letter": x["correct"], "topics": list(q.topics)} for q, t, x in zip(qs, text, letter)]
+    letter_reqs = [{"id": q.id, "question": listed_prompt(q), "options": list(q.letters), "answer": q.answer_index} for q in qs]
+    letter = score_mcq(model, tok, letter_reqs, batch_size, add_bos_token, max_length)
+    rows = [{"id": q.id, "row": q.row, "gold": q.answer, "topics": list(q.topics), **_request_record(req, t, LETTERS),
+             "correct": t["correct"], "correct_norm": t["correct_norm"], "pred_letter": LETTERS[x["pred"]],
+             "correct_letter": x["correct"], "letter": _request_record(lreq, x, LETTERS)}
+            for q, req, t, lreq, x in zip(qs, reqs, res, letter_reqs, letter)]
     return _aggregate(task, "loglik", rows, ["acc", "acc_norm", "acc_letter"])
 
 
 # ---------------------------------------------------------------------------------------------- HF generation
 @torch.no_grad()
 def hf_generate(model: PreTrainedModel, tok: PreTrainedTokenizerFast, prompts: Sequence[str], max_new_tokens: int,
-                batch_size: int = 8, progress: bool = True) -> list[str]:
+                batch_size: int = 8, progress: bool = True, add_bos_token: bool | None = None,
+                max_length: int | None = None) -> list[str]:
     """Greedy continuations of ``prompts``, batched with left padding (so every row ends where generation starts).
 
-    Each prompt gets EOS in front, as documents do in training and in :mod:`scoring`. Prompts longer
-    than the model's context minus ``max_new_tokens`` keep their end (the question) and lose their start.
+    Prompts are encoded as lm-eval encodes them (the tokenizer's own special tokens, ``add_bos_token``);
+    those longer than ``max_length`` (lm-eval's, see :mod:`scoring`) minus ``max_new_tokens`` keep their
+    end (the question) and lose their start.
     """
     model.eval()
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    room = getattr(model.config, "max_position_embeddings", None)
-    ids = [[eos] + x for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
-    if room:
-        keep = max(room - max_new_tokens, 1)
-        cut = sum(len(x) > keep for x in ids)
-        if cut:
-            log.warning("%d of %d prompts are longer than %d tokens and lose their start", cut, len(ids), keep)
-        ids = [x[-keep:] for x in ids]
+    ids = encode(lm_eval_tokenizer(tok, add_bos_token), list(prompts), add_bos_token)
+    keep = max(resolve_max_length(model, tok, max_length) - max_new_tokens, 1)
+    cut = sum(len(x) > keep for x in ids)
+    if cut:
+        log.warning("%d of %d prompts are longer than %d tokens and lose their start", cut, len(ids), keep)
+    ids = [x[-keep:] for x in ids]
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
     out: list[str] = [""] * len(ids)
@@ -258,19 +298,21 @@ def hf_generate(model: PreTrainedModel, tok: PreTrainedTokenizerFast, prompts: S
 
 
 def hf_generator(model: PreTrainedModel, tok: PreTrainedTokenizerFast, max_new_tokens: int, batch_size: int = 8,
-                 progress: bool = True) -> GenerateFn:
+                 progress: bool = True, add_bos_token: bool | None = None, max_length: int | None = None) -> GenerateFn:
     """A ``prompts -> outputs`` callable over an HF model, for :func:`score_generate`."""
-    return lambda prompts: hf_generate(model, tok, prompts, max_new_tokens, batch_size, progress)
+    return lambda prompts: hf_generate(model, tok, prompts, max_new_tokens, batch_size, progress, add_bos_token, max_length)
 
 
 def evaluate_task(task: Task, model: PreTrainedModel, tok: PreTrainedTokenizerFast, method: str = "loglik",
-                  limit: int | None = None, batch_size: int = 16, max_new_tokens: int | None = None, shots: int = 5) -> TaskResult:
-    """Score ``task`` with ``method`` ("loglik" or "generate")."""
+                  limit: int | None = None, batch_size: int = 16, max_new_tokens: int | None = None, shots: int = 5,
+                  add_bos_token: bool | None = None, max_length: int | None = None) -> TaskResult:
+    """Score ``task`` with ``method`` ("loglik" or "generate"); ``add_bos_token``, ``max_length``: lm-eval's, default None."""
     if method == "loglik":
-        return score_loglik(task, model, tok, limit, batch_size)
+        return score_loglik(task, model, tok, limit, batch_size, add_bos_token, max_length)
     if method == "generate":
         budget = max_new_tokens or MAX_NEW_TOKENS[task.format]
-        return score_generate(task, hf_generator(model, tok, budget, batch_size), limit, shots)
+        return score_generate(task, hf_generator(model, tok, budget, batch_size, add_bos_token=add_bos_token,
+                                                 max_length=max_length), limit, shots)
     raise ValueError(f"unknown method '{method}' (use loglik or generate)")
 
 
@@ -283,4 +325,7 @@ def format_table(result: TaskResult) -> str:
              f"{'overall':{name_w}s}  " + "  ".join(f"{result.metrics[k]:10.4f}" for k in keys) + f"  {result.n:6d}"]
     for t, m in result.per_topic.items():
         lines.append(f"{t:{name_w}s}  " + "  ".join(f"{m[k]:10.4f}" if k in m else f"{'':10s}" for k in keys) + f"  {int(m['n']):6d}")
+    if result.skipped:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.skip_reasons().items(), key=lambda x: -x[1]))
+        lines.append(f"skipped {len(result.skipped)} row(s) that cannot be scored: {reasons}")
     return "\n".join(lines)
