@@ -1,19 +1,30 @@
-"""Our multiple-choice scoring equals lm-evaluation-harness's, question by question.
+"""Our multiple-choice scoring equals lm-evaluation-harness 0.4.13's, request by request, for any tokenizer.
 
-Why: the pipeline's accuracies (and the promotion gate) come from ``score_mcq``; they are
-only comparable with published numbers if they are lm-eval's numbers. The test trains a tiny
-model and tokenizer with our code, saves it with ``save_model``, runs lm-eval in-process
-(``HFLM`` on the saved directory, a local task over the same questions) and compares every
-option's log-likelihood and every acc / acc_norm choice.
+Why: the pipeline's accuracies (and the promotion gate) come from ``score_mcq``, and ``fluxforge eval``
+scores the checkpoints users bring; those numbers are only comparable with published ones if they
+are lm-eval's numbers. lm-eval chooses what goes in front of a context from the tokenizer (BOS when
+the tokenizer adds one, nothing otherwise), so one tokenizer proves little: the test builds three
+families from the project's own world text with ``tokenizers`` and saves each as such checkpoints
+ship (tokenizer class, special tokens, post-processor), next to a tiny briefly trained model of the
+matching architecture:
 
-lm-eval is run with ``add_bos_token=True``: our tokenizer adds no BOS by itself and its BOS
-is the EOS, the document boundary our models train after, so that is the setting in which
-lm-eval scores a context the way the model saw documents start (plain ``HFLM`` scores the
-context with nothing before it, and its log-likelihoods differ from ours by up to 0.24 nats here).
+* Llama-style: ``<s>`` = 0 is BOS, ``</s>`` = 1 is EOS, the post-processor adds ``<s>`` (Llama 3's layout);
+* GPT-2-style: ``<|endoftext|>`` is BOS and EOS, nothing added (also this project's own tokenizer);
+* Qwen2-style: no BOS at all, ``<|endoftext|>`` is EOS, Qwen2's pre-tokenizer regex.
+
+lm-eval runs in-process (``HFLM`` on the saved directory, default model arguments, a local task over
+the same questions, no network); we load the directory as ``fluxforge eval`` does. Every option's
+log-likelihood must be within 1e-4 of lm-eval's, and is_greedy, the acc / acc_norm choices and
+verdicts identical. The questions hold the corners of request building: empty options, contexts
+that need left truncation (the models have 64 positions), long options, whitespace at the ends of
+contexts and options (spaces, tabs, newlines, NBSP, ideographic space), contexts that start with the
+prefix token's text, empty contexts, and options of very different lengths (acc and acc_norm differ).
+lm-eval's ``add_bos_token`` and ``max_length`` are checked too, on a subset of the questions.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,47 +33,44 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from fluxforge.config import ModelConfig, load_params
-from fluxforge.data.tokenize import encode_stream, train_tokenizer
+from fluxforge.config import load_params
+from fluxforge.eval.lm_eval_samples import compare_samples, read_lm_eval_samples
 from fluxforge.eval.lm_eval_task import write_lm_eval_task
-from fluxforge.eval.scoring import option_loglikelihoods, score_mcq
-from fluxforge.train.model import build_model, load_model, save_model
+from fluxforge.eval.scoring import TARGET_DELIMITER, mcq_predictions, request_tokens, resolve_max_length, score_mcq
+from fluxforge.train.model import build_model, load_model
 from fluxforge.world.generate import WorldBuilder
+from tiny import tiny_config
+
+pytestmark = pytest.mark.slow  # about a minute on 2 shared cores: three tokenizers, models and lm-eval runs
 
 TASK = "fluxforge_mcq_parity"
-MODEL = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=64)
 TOL = 1e-4
-
-
-def _questions(world: WorldBuilder) -> list[dict]:
-    """World questions plus crafted ones for the request-building corners lm-eval has.
-
-    * options of very different lengths ("X" against two options joined), where acc and acc_norm
-      disagree and where counting the delimiter in acc_norm's length changes the choice;
-    * contexts that end in a space (lm-eval moves it into the continuation);
-    * contexts longer than the model's positions (lm-eval cuts tokens on the left).
-    """
-    base = world.build_mcq()
-    rng = random.Random(7)
-    out = [{k: q[k] for k in ("id", "question", "options", "answer")} for q in base[:42]]
-    for i, q in enumerate(base[42:52]):
-        right = q["options"][q["answer"]]
-        others = [o for o in q["options"] if o != right]
-        options = [right, "X", "no", f"{others[0]} and {others[1]}"]
-        rng.shuffle(options)
-        out.append({"id": f"short-long-{i}", "question": q["question"], "options": options, "answer": options.index(right)})
-    for i, q in enumerate(base[52:56]):
-        out.append({**{k: q[k] for k in ("options", "answer")}, "id": f"trailing-space-{i}", "question": q["question"] + " "})
-    for i, q in enumerate(base[56:58]):
-        story = " ".join(d.text for d in world.docs[i * 3 : i * 3 + 3])
-        out.append({**{k: q[k] for k in ("options", "answer")}, "id": f"too-long-{i}", "question": f"{story}\n{q['question']}"})
-    return out
+POSITIONS = 64
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+FAMILIES = {  # special tokens, the names transformers gets, the tokenizer class checkpoints name, the architecture
+    "llama": {"special": ["<s>", "</s>"], "names": {"bos_token": "<s>", "eos_token": "</s>"},
+              "class": "PreTrainedTokenizerFast", "arch": "llama"},
+    "gpt2": {"special": ["<|endoftext|>"],
+             "names": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+             "class": "GPT2Tokenizer", "arch": "gpt2"},
+    "qwen2": {"special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+              "names": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, "class": "Qwen2Tokenizer", "arch": "qwen2"},
+}
+# lm-eval model arguments other than the defaults, each checked on one family and the first questions
+SETTINGS = [("llama", {"add_bos_token": False}), ("gpt2", {"add_bos_token": True, "max_length": 56}),
+            ("qwen2", {"add_bos_token": True})]
+WHITESPACE = [lambda o: o + " ", lambda o: "  " + o, lambda o: o.replace(" ", "  ") + "\t", lambda o: "\u00a0" + o,
+              lambda o: o + "\n", lambda o: " ", lambda o: o + "\u3000", lambda o: "\n" + o]
+CONTEXT_TAILS = ["", " ", "  ", "\n", "\t\n ", "\u00a0", " \u3000"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One torch thread: the model is tiny, and on 2 shared cores a second thread mostly waits (10x slower under load)."""
+    """One torch thread: the models are tiny, and on 2 shared cores a second thread mostly waits."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -70,71 +78,195 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    """A briefly trained tiny model saved with ``save_model``, and the questions."""
-    tmp = tmp_path_factory.mktemp("lmeval")
-    world = WorldBuilder(load_params(Path(__file__).parents[1] / "params.yaml", profile="tiny").world)
-    world.build_facts()
-    world.build_docs()
-    texts = [d.text for d in world.docs]
-    tok = train_tokenizer(texts, 512)
-    model = build_model(MODEL, len(tok), tok.eos_token_id, tok.pad_token_id)
-    stream = torch.from_numpy(encode_stream(tok, texts).astype(np.int64))
+def world() -> WorldBuilder:
+    w = WorldBuilder(load_params(Path(__file__).parents[1] / "params.yaml", profile="tiny").world)
+    w.build_facts()
+    w.build_docs()
+    return w
+
+
+def _tokenizer(family: str, texts: list[str], folder: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of ``family`` trained on ``texts``, saved into ``folder`` as such checkpoints ship."""
+    spec = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=family != "qwen2")
+    tok.pre_tokenizer = byte_level if family != "qwen2" else pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"), byte_level])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=spec["special"], show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if family == "llama":
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **spec["names"])
+    wrapped.save_pretrained(folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": spec["class"]}))
+    return wrapped
+
+
+def _model(family: str, vocab: int, eos: int) -> torch.nn.Module:
+    if family == "gpt2":
+        cfg = tiny_config()
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=POSITIONS, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+                                          n_head=cfg.num_heads, bos_token_id=eos, eos_token_id=eos))
+    return build_model(tiny_config(architecture=FAMILIES[family]["arch"], max_position_embeddings=POSITIONS), vocab, eos, eos)
+
+
+def _train(model: torch.nn.Module, tok: PreTrainedTokenizerFast, texts: list[str]) -> None:
+    """A few steps on EOS-separated documents: distinct, non-uniform option scores (ties would make choices arbitrary)."""
+    ids = [t for ids in tok(texts, add_special_tokens=False)["input_ids"] for t in [*ids, tok.eos_token_id]]
+    stream = torch.tensor(ids)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(40):  # enough for distinct, non-uniform option scores and better-than-chance acc
-        starts = torch.randint(0, len(stream) - MODEL.max_position_embeddings - 1, (8,), generator=gen).tolist()
-        batch = torch.stack([stream[s : s + MODEL.max_position_embeddings + 1] for s in starts])
+    for _ in range(30):
+        starts = torch.randint(0, len(stream) - POSITIONS - 1, (8,), generator=gen).tolist()
+        batch = torch.stack([stream[s : s + POSITIONS + 1] for s in starts])
         loss = F.cross_entropy(model(input_ids=batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    save_model(model.eval(), tok, tmp / "model", {"note": "lm-eval parity test"})
-    return tmp, _questions(world)
+    model.eval()
 
 
-def test_scores_equal_lm_eval_question_by_question(setup: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:
-    # nothing may download: datasets reads this when lm_eval first imports it (conftest sets HF_HUB_OFFLINE)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def _questions(world: WorldBuilder, prefix_text: str) -> list[dict]:
+    """Five variants of each world question (300 in all) covering the corners listed in the module docstring."""
+    docs = [d.text for d in world.docs]
+    rng = random.Random(7)
+    out = []
+    for i, q in enumerate(world.build_mcq()):
+        ctx, opts, ans = q["question"], list(q["options"]), q["answer"]
+        wrong = [j for j in range(len(opts)) if j != ans]
+        out.append({"id": f"plain-{i}", "question": ctx, "options": opts, "answer": ans})
+        empty = list(opts)
+        empty[wrong[i % 3]] = ""
+        if i % 5 == 0:  # the right option empty too: its acc_norm score is -inf, as in lm-eval
+            empty[ans] = ""
+        elif i % 5 == 1:
+            empty[wrong[(i + 1) % 3]] = ""
+        out.append({"id": f"empty-{i}", "question": ctx, "options": empty, "answer": ans})
+        spaced = [WHITESPACE[(i + k) % len(WHITESPACE)](o) for k, o in enumerate(opts)]
+        out.append({"id": f"space-{i}", "question": ["", "  ", "\n"][i % 3] + ctx + CONTEXT_TAILS[i % len(CONTEXT_TAILS)],
+                    "options": spaced, "answer": ans})
+        story = " ".join(docs[(i + k) % len(docs)] for k in range(1 + i % 3))  # about 60 to 400 tokens: most need truncation
+        long_opts = list(opts)
+        if i % 3 == 0:
+            long_opts[wrong[0]] = f"{opts[wrong[0]]}, {docs[i % len(docs)][:60]}"
+        out.append({"id": f"long-{i}", "question": f"{story}\n{ctx}", "options": long_opts, "answer": ans})
+        if i % 4 == 0:  # options of very different lengths: acc and acc_norm choose differently
+            misc = [opts[ans], "X", "no", f"{opts[wrong[0]]} and {opts[wrong[1]]}"]
+            rng.shuffle(misc)
+            out.append({"id": f"lengths-{i}", "question": ctx, "options": misc, "answer": misc.index(opts[ans])})
+        elif i % 4 == 1:  # the context starts with the prefix token's text: lm-eval then adds no special tokens
+            out.append({"id": f"prefixed-{i}", "question": prefix_text + ctx, "options": opts, "answer": ans})
+        elif i % 4 == 2:
+            uni = [f"{opts[0]} \u00fcber", f"\u65e5\u672c {opts[1]}", f"{opts[2]} \U0001f512", f"\u00ab{opts[3]}\u00bb"]
+            out.append({"id": f"unicode-{i}", "question": ctx, "options": uni, "answer": ans})
+        else:  # an empty context is lm-eval's prefix token
+            out.append({"id": f"no-context-{i}", "question": "" if i % 8 == 3 else ctx.removeprefix("Question: "),
+                        "options": opts, "answer": ans})
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(world: WorldBuilder, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a function
+    """``family -> (model directory, questions)``: a tokenizer and a trained tiny model saved as one HF directory, made once."""
+    made: dict[str, tuple[Path, list[dict]]] = {}
+
+    def get(name: str) -> tuple[Path, list[dict]]:
+        if name not in made:
+            folder = tmp_path_factory.mktemp(name) / "model"
+            texts = [d.text for d in world.docs]
+            tok = _tokenizer(name, texts, folder)
+            model = _model(name, len(tok), tok.eos_token_id)
+            _train(model, tok, texts)
+            model.save_pretrained(folder, safe_serialization=True)
+            prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            made[name] = folder, _questions(world, tok.decode(prefix))
+        return made[name]
+
+    return get
+
+
+def _lm_eval(folder: Path, questions: list[dict], tmp: Path, **model_args: object) -> tuple[dict, dict]:
+    """lm-eval's samples by question id, and its aggregate results, for ``HFLM(folder, **model_args)``."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    tmp, questions = setup
     write_lm_eval_task(questions, tmp / "task", TASK)
-    lm = HFLM(pretrained=str(tmp / "model"), device="cpu", batch_size=16, add_bos_token=True)
-    res = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=TaskManager(include_path=str(tmp / "task"), include_defaults=False),
-                                  log_samples=True, bootstrap_iters=0)
+    lm = HFLM(pretrained=str(folder), device="cpu", batch_size=64, **model_args)
+    res = lm_eval.simple_evaluate(model=lm, tasks=[TASK], log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(tmp / "task"), include_defaults=False))
     samples = {s["doc"]["id"]: s for s in res["samples"][TASK]}
     assert len(samples) == len(questions)
+    return samples, res
 
-    model, tok = load_model(tmp / "model")
-    ours = score_mcq(model, tok, questions, batch_size=16)
-    ll = option_loglikelihoods(model, tok, [q["question"] for q in questions for _ in q["options"]],
-                               [" " + o for q in questions for o in q["options"]], batch_size=16)
-    worst, k = 0.0, 0
+
+def _assert_same(questions: list[dict], ours: list[dict], samples: dict) -> float:
+    """Every option within TOL, is_greedy, choices and verdicts identical; returns the largest difference."""
+    worst = 0.0
     for q, r in zip(questions, ours, strict=True):
         s = samples[q["id"]]
-        theirs = np.array([resp[0] for resp in s["filtered_resps"]])
-        mine = ll[k : k + len(q["options"])]
-        k += len(q["options"])
-        worst = max(worst, float(np.abs(theirs - mine).max()))
-        assert mine == pytest.approx(theirs, abs=TOL), q["id"]
-        # lm-eval's own verdicts, and its choices by its rules (api/task.py, process_results)
+        theirs = np.array([float(ll) for ll, _ in s["filtered_resps"]])
+        worst = max(worst, float(np.abs(theirs - np.array(r["loglik"])).max()))
+        assert r["loglik"] == pytest.approx(theirs, abs=TOL), q["id"]
+        assert r["is_greedy"] == [bool(g) for _, g in s["filtered_resps"]], q["id"]
+        assert (r["pred"], r["pred_norm"]) == mcq_predictions(theirs, q["options"]), q["id"]
         assert (r["correct"], r["correct_norm"]) == (bool(s["acc"]), bool(s["acc_norm"])), q["id"]
-        assert r["pred"] == int(np.argmax(theirs)), q["id"]
-        assert r["pred_norm"] == int(np.argmax(theirs / np.array([len(o) for o in q["options"]]))), q["id"]
+    return worst
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_scores_equal_lm_eval_for_each_tokenizer_family(name: str, checkpoints, tmp_path: Path,  # noqa: ANN001
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # nothing may download (conftest sets HF_HUB_OFFLINE)
+    from lm_eval.loggers import EvaluationTracker
+
+    folder, questions = checkpoints(name)
+    samples, res = _lm_eval(folder, questions, tmp_path)
+    model, tok = load_model(folder)  # as `fluxforge eval` loads it
+    ours = score_mcq(model, tok, questions, batch_size=16)
+    worst = _assert_same(questions, ours, samples)
     agg = res["results"][TASK]
     assert np.mean([r["correct"] for r in ours]) == pytest.approx(agg["acc,none"])
     assert np.mean([r["correct_norm"] for r in ours]) == pytest.approx(agg["acc_norm,none"])
-    print(f"{len(questions)} questions, {len(ll)} options: max |lm-eval - ours| = {worst:.2e} nats; "
-          f"acc {agg['acc,none']:.3f}, acc_norm {agg['acc_norm,none']:.3f}")
+    print(f"{name}: {len(questions)} questions, {sum(len(q['options']) for q in questions)} options: max |lm-eval - ours| = "
+          f"{worst:.1e} nats; acc {agg['acc,none']:.3f}, acc_norm {agg['acc_norm,none']:.3f}")
 
-    # the questions exercise what can go wrong: distinct scores, acc_norm choosing otherwise than acc,
-    # and the delimiter counted in acc_norm's length (our old mistake) choosing otherwise than lm-eval
-    per_q = ll.reshape(len(questions), 4)
-    assert np.ptp(per_q, axis=1).min() > 1e-3
+    # the questions reach every corner: the family's prefix, truncation, empty options, acc_norm choosing otherwise
+    reqs = request_tokens(tok, [q["question"] for q in questions if q["id"].startswith("plain")], [" x"] * 60)
+    assert all((ctx[0] == tok.bos_token_id) == (name == "llama") for ctx, _ in reqs)
+    max_len = resolve_max_length(model, tok)
+    every = request_tokens(tok, [q["question"] for q in questions for _ in q["options"]],
+                           [TARGET_DELIMITER + o for q in questions for o in q["options"]])
+    assert sum(len(c) + len(x) > max_len + 1 for c, x in every) > 50
+    assert sum(o == "" for q in questions for o in q["options"]) > 60
     assert any(r["pred"] != r["pred_norm"] for r in ours)
-    with_delim = [int(np.argmax(v / np.array([len(" " + o) for o in q["options"]]))) for q, v in zip(questions, per_q, strict=True)]
-    assert any(a != r["pred_norm"] for a, r in zip(with_delim, ours, strict=True))
+    # and the prefix matters: putting EOS in front (our old rule) moves the scores far beyond the tolerance
+    eos_first = score_mcq(model, tok, [{**q, "question": tok.eos_token + q["question"]} for q in questions[:40]], batch_size=16)
+    moved = [abs(a - b) for r, f in zip(ours, eos_first) for a, b in zip(r["loglik"], f["loglik"])]
+    assert np.median(moved) > 10 * TOL
+
+    # lm-eval's own --log_samples file against our per-question records: what `fluxforge eval --compare` reports
+    tracker, samples_by_task = EvaluationTracker(output_path=str(tmp_path / "out" / "results.json")), res.pop("samples")
+    tracker.save_results_aggregated(results=res, samples=samples_by_task)  # as `lm_eval --log_samples` does
+    tracker.save_results_samples(task_name=TASK, samples=samples_by_task[TASK])
+    (path,) = (tmp_path / "out").glob(f"samples_{TASK}_*.jsonl")
+    records = [{**r, "context": q["question"], "continuations": [TARGET_DELIMITER + o for o in q["options"]]}
+               for q, r in zip(questions, ours, strict=True)]
+    diff = compare_samples(records, read_lm_eval_samples(path))
+    assert diff["identical"] and diff["matched"] == len(questions) and diff["max_abs_loglik_diff"] == pytest.approx(worst, abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "args"), SETTINGS, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in a.items())}" for n, a in SETTINGS])
+def test_lm_eval_model_arguments_are_ours(name: str, args: dict, checkpoints, tmp_path: Path,  # noqa: ANN001
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add_bos_token`` and ``max_length`` mean what they mean to ``HFLM``."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder, questions = checkpoints(name)
+    questions = questions[:100]
+    samples, _ = _lm_eval(folder, questions, tmp_path, **args)
+    model, tok = load_model(folder)
+    _assert_same(questions, score_mcq(model, tok, questions, batch_size=16, **args), samples)

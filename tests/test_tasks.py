@@ -217,15 +217,38 @@ BAD_INPUT = {
 }
 
 
+FILE_LEVEL = {"cti wrong header", "cti header only", "empty file", "cybermetric malformed json"}  # no row to skip
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_names_the_file_and_the_row(tmp_path, case):
+    """--strict: the first row that cannot be scored (or has an empty option) fails the whole file, by name."""
     name, text, where, why = BAD_INPUT[case]
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(TaskFileError) as err:
-        load_task(path)
+        load_task(path, strict=True)
     msg = str(err.value)
     assert str(path) in msg and where in msg and why in msg, msg
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_by_default_unscorable_rows_are_skipped_by_name_and_empty_options_scored(tmp_path, case, caplog):
+    name, text, where, why = BAD_INPUT[case]
+    path = tmp_path / name
+    path.write_text(text)
+    if case in FILE_LEVEL or case == "cti gt outside A-D" or case.startswith(("cybermetric bad", "native answer", "seceval three")):
+        with pytest.raises(TaskFileError) as err:  # a file-level fault, or the only row skipped: nothing left to score
+            load_task(path)
+        assert str(path) in str(err.value) and where in str(err.value) and why in str(err.value), err.value
+        return
+    task = load_task(path)
+    if case == "cti missing option":  # lm-eval scores it: the option is just empty
+        assert not task.skipped and len(task) == 2 and task.questions[1].options[2] == ""
+        return
+    (skip,) = task.skipped
+    assert where in str(skip) and why in str(skip) and len(task) >= 1
+    assert f"{path}: {where} skipped: {skip.detail}" in caplog.text
 
 
 def test_cli_exits_2_with_the_reason_on_bad_input(tmp_path, capsys):
@@ -233,14 +256,83 @@ def test_cli_exits_2_with_the_reason_on_bad_input(tmp_path, capsys):
 
     name, text, where, why = BAD_INPUT["cti gt outside A-D"]
     (tmp_path / name).write_text(text)
-    with pytest.raises(SystemExit) as exit_:
-        main(["eval", "--model", str(tmp_path / "no-model"), "--task", str(tmp_path / name)])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and where in err and why in err and "Traceback" not in err
+    for strict in ([], ["--strict"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--model", str(tmp_path / "no-model"), "--task", str(tmp_path / name), *strict])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and where in err and why in err and "Traceback" not in err
     good, _ = write_task(tmp_path, "cybermetric")
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--model", str(tmp_path / "no-model"), "--task", str(good)])
     assert exit_.value.code == 2 and "no such model directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- quirky files from the wild
+def _cti_row(i: int, **cells: str) -> str:
+    o = _options(i)
+    row = {"URL": f"https://x/{i}", "Question": _stem(i), **{f"Option {x}": o[k] for k, x in enumerate(LETTERS)},
+           "Prompt": f"Prompt {i}", "GT": "B", **cells}
+    return "\t".join(row[c] for c in CTI_COLUMNS)
+
+
+def _seceval(i: int, **fields: object) -> dict:
+    return {"id": f"s{i:03d}", "question": _stem(i), "choices": [f"{x}: {o}" for x, o in zip(LETTERS, _options(i))],
+            "answer": "B", "topics": ["PenTest"], **fields}
+
+
+# per format: rows appended after 20 good ones, each with the reason it is skipped for (None: scored)
+QUIRKS = {
+    "cti-mcq": [(_cti_row(20, **{"Option D": ""}), None), (_cti_row(21, Question=""), "no question"),
+                (_cti_row(22, GT="E"), "bad answer"), (_cti_row(23, GT=""), "bad answer"),
+                ("\t".join(_cti_row(24).split("\t")[:7]), "wrong field count"), (_cti_row(25) + "\textra", "wrong field count"),
+                (_cti_row(26, GT=" c "), None)],
+    "cybermetric": [({"question": _stem(20), "answers": {"A": "a", "B": "b", "C": "c", "D": ""}, "solution": "A"}, None),
+                    ({"question": "", "answers": {"A": "a", "B": "b", "C": "c", "D": "d"}, "solution": "A"}, "no question"),
+                    ({"question": _stem(22), "answers": {"A": "a", "B": "b", "C": "c", "D": "d"}, "solution": "E"}, "bad answer"),
+                    ({"question": _stem(23), "answers": {"A": "a", "B": "b", "C": "c"}, "solution": "A"}, "bad options"),
+                    ("just a string", "not an object")],
+    "seceval": [(_seceval(20, choices=["A: a", "B: b", "C: c", "D: "]), None), (_seceval(21, answer="AE"), "bad answer"),
+                (_seceval(22, choices=["A: a", "B: b", "C: c"]), "bad options"), (_seceval(0), "duplicate id"),
+                (_seceval(24, question=None), "no question")],
+    "native": [({"id": "q20", "question": _stem(20), "options": ["a", "", "c", "d"], "answer": 1}, None),
+               ('{"id": "q21", "question": oops}', "malformed JSON"),
+               ({"id": "q22", "question": _stem(22), "options": ["a", "b"], "answer": 7}, "bad answer"),
+               ({"id": "q23", "question": "Question: \nAnswer:", "options": ["a", "b"], "answer": 0}, "no question"),
+               ({"id": "q24", "question": _stem(24), "options": ["a"], "answer": 0}, "bad options")],
+}
+
+
+def write_quirky(tmp_path: Path, fmt: str) -> tuple[Path, int, list[tuple[int, str]]]:
+    """A task file of 20 good questions plus QUIRKS[fmt]: (path, questions to score, [(row, reason)] to skip)."""
+    path, _ = write_task(tmp_path, fmt)
+    extra = [q for q, _ in QUIRKS[fmt]]
+    if fmt == "cti-mcq":
+        path.write_text(path.read_text() + "\n" + "\n".join(extra) + "\n")  # a blank line too: not a row
+        first = 23
+    elif fmt == "native":
+        path.write_text(path.read_text() + "".join((q if isinstance(q, str) else json.dumps(q)) + "\n" for q in extra))
+        first = 21
+    else:
+        data = json.loads(path.read_text())
+        (data["questions"] if fmt == "cybermetric" else data).extend(extra)
+        path.write_text(json.dumps(data, indent=2))
+        first = 21
+    skipped = [(first + k, why) for k, (_, why) in enumerate(QUIRKS[fmt]) if why]
+    return path, 20 + sum(why is None for _, why in QUIRKS[fmt]), skipped
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_quirky_rows_are_scored_or_skipped_by_name_and_strict_fails_at_the_first(tmp_path, fmt, caplog):
+    path, n, skipped = write_quirky(tmp_path, fmt)
+    task = load_task(path)
+    assert len(task) == n and [(s.row, s.reason) for s in task.skipped] == skipped
+    assert "" in task.questions[20].options  # the empty option is a choice
+    kind = "record" if fmt in ("cybermetric", "seceval") else "line"
+    for row, _ in skipped:
+        assert f"{path}: {kind} {row} skipped: " in caplog.text
+    assert task.skip_reasons() == dict(Counter(why for _, why in skipped))
+    with pytest.raises(TaskFileError, match=f"{kind} {skipped[0][0] - 1}: .*empty"):
+        load_task(path, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------- real sample files
@@ -316,14 +408,22 @@ def test_eval_command_end_to_end(tiny_model_dir, tmp_path, capsys, fmt, method):
     printed = capsys.readouterr().out
     assert exit_.value.code == 0 and "overall" in printed
     res = json.loads(out.read_text())
-    assert res["n"] == 5 and len(res["questions"]) == 5 and res["format"] == fmt and res["method"] == method
+    assert res["n"] == res["n_scored"] == 5 and len(res["questions"]) == 5 and res["format"] == fmt and res["method"] == method
+    assert res["n_skipped"] == 0 and res["skipped"] == [] and res["requests"]["lm_eval_version"] == "0.4.13"
     assert 0.0 <= res["metrics"]["acc"] <= 1.0
+    task = load_task(task_file)
+    for q, r in zip(task.questions, res["questions"]):
+        assert (r["id"], r["row"], r["gold"]) == (q.id, q.row, q.answer)
     if method == "generate":
-        assert all(isinstance(q["output"], str) for q in res["questions"]) and "parsed" in res["metrics"]
+        assert all(isinstance(q["output"], str) and q["prompt"] for q in res["questions"]) and "parsed" in res["metrics"]
     elif fmt != "seceval":
         assert {"acc_norm", "acc_letter"} <= set(res["metrics"])
+        for q, r in zip(task.questions, res["questions"]):  # what lm-eval's samples hold, to diff row by row
+            assert r["context"] == f"Question: {q.question}\nAnswer:" and r["continuations"] == [" " + o for o in q.options]
+            assert len(r["loglik"]) == len(r["is_greedy"]) == 4 and r["pred"] == LETTERS[max(range(4), key=r["loglik"].__getitem__)]
+            assert len(r["letter"]["loglik"]) == 4 and r["letter"]["continuations"] == [" A", " B", " C", " D"]
     else:  # SecEval by likelihood ranks letter sets: a prediction is one of the 15 non-empty subsets
-        assert all(q["pred"] and set(q["pred"]) <= set(LETTERS) for q in res["questions"])
+        assert all(q["pred"] and set(q["pred"]) <= set(LETTERS) and len(q["loglik"]) == 15 for q in res["questions"])
     if fmt == "seceval":
         assert set(res["per_topic"]) <= set(TOPICS) and res["per_topic"] and all(t in printed for t in res["per_topic"])
 
@@ -346,3 +446,49 @@ def test_eval_command_logs_to_mlflow(tiny_model_dir, tmp_path, capsys):
     assert run.data.params["method"] == "loglik" and run.data.params["questions"] == "4"
     assert any(k.endswith(".acc") for k in run.data.metrics)  # per-topic metrics
     assert [a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(run_id)] == ["r.json"]
+
+
+def _samples_file(path: Path, records: list[dict]) -> Path:
+    """Records in the layout of lm-eval's samples_<task>_<date>.jsonl (strings for the responses, as lm-eval writes them)."""
+    lines = [{"doc_id": i, "doc": {"id": r["id"]}, "target": "0",
+              "arguments": {f"gen_args_{k}": {"arg_0": r["context"], "arg_1": c} for k, c in enumerate(r["continuations"])},
+              "filtered_resps": [[str(ll), str(g)] for ll, g in zip(r["loglik"], r["is_greedy"])]} for i, r in enumerate(records)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_quirky_cti_file_end_to_end_with_out_and_compare(tiny_model_dir, tmp_path, capsys, caplog):
+    """The issue's case: a CTI-MCQ file with an empty option and broken rows scores, says what it skipped, and diffs."""
+    from fluxforge.cli import main
+
+    path, n, skipped = write_quirky(tmp_path, "cti-mcq")
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", str(tiny_model_dir), "--task", str(path), "--out", str(out), "--lm-eval-task", str(tmp_path / "lm")])
+    printed = capsys.readouterr().out
+    assert exit_.value.code == 0 and f"skipped {len(skipped)} row(s)" in printed and "lm_eval --model hf" in printed
+    assert all(f"line {row} skipped" in caplog.text for row, _ in skipped)
+    res = json.loads(out.read_text())
+    assert (res["n_scored"], res["n_skipped"]) == (n, len(skipped)) and res["skip_reasons"] == dict(Counter(w for _, w in skipped))
+    assert [(s["row"], s["reason"]) for s in res["skipped"]] == skipped
+    empty = next(r for r in res["questions"] if r["row"] == 23)
+    assert empty["continuations"][3] == " " and empty["loglik"][3] < 0
+    lm_task = [json.loads(x) for x in (tmp_path / "lm" / "questions.jsonl").read_text().splitlines()]
+    assert [(t["id"], t["question"], [" " + o for o in t["options"]]) for t in lm_task] == \
+        [(r["id"], r["context"], r["continuations"]) for r in res["questions"]]
+
+    def compare(records: list[dict]) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--model", str(tiny_model_dir), "--task", str(path), "--compare",
+                  str(_samples_file(tmp_path / "samples.jsonl", records))])
+        return exit_.value.code, capsys.readouterr().out
+
+    code, printed = compare(res["questions"][::-1])  # another order: questions pair by their requests
+    assert code == 0 and f"{n} of {n} questions paired" in printed and "identical" in printed
+    changed = [dict(r) for r in res["questions"][1:]]
+    changed[0]["loglik"] = [changed[0]["loglik"][0] - 2e-4, *changed[0]["loglik"][1:]]
+    winner = max(range(4), key=changed[1]["loglik"].__getitem__)
+    changed[1]["loglik"] = [v + 50 * (k == (winner + 1) % 4) for k, v in enumerate(changed[1]["loglik"])]
+    code, printed = compare(changed)
+    assert code == 1 and "DIFFERENT" in printed and "unpaired: 1 of ours" in printed
+    assert "max |loglik ours - lm-eval| = 5.00e+01" in printed and f"acc choices differ on 1 question(s): ['{changed[1]['id']}']" in printed
