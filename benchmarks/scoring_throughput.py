@@ -5,9 +5,11 @@ Writes the "MCQ scoring throughput" section of BENCHMARKS.md with the machine, t
 
 Why: the evaluate stage scores every model on every question, and the parity test
 (tests/test_lmeval_parity.py) shows our scores equal lm-eval's; this shows what that costs.
-The model is the default ``ModelConfig`` (the size the pipeline evaluates on CPU) with random
-weights, a tokenizer trained on the default world at the default vocabulary size, and the
-default world's questions. Both sides get the same batch size and torch thread count; model
+The model is the default ``ModelConfig`` (a Llama of the size the pipeline evaluates on CPU) with
+random weights and a Llama-style tokenizer trained on the default world at the default vocabulary
+size (``<s>`` = 0 is BOS and added by the post-processor, ``</s>`` = 1 is EOS: the case where
+lm-eval's prefix rule matters), and the default world's questions. lm-eval runs with its default
+model arguments, ours with its defaults (the same). Both sides get the same batch size and torch thread count; model
 loading is outside every timed region (ours: ``load_model`` once; lm-eval: one ``HFLM`` object
 reused), and one untimed warm-up run of each fills lm-eval's dataset cache and torch's kernels.
 Timed per repeat:
@@ -39,19 +41,31 @@ for key, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORM
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report_md import machine, replace_section  # noqa: E402
 
 from fluxforge.config import ModelConfig, TokenizerConfig, WorldConfig  # noqa: E402
-from fluxforge.data.tokenize import train_tokenizer  # noqa: E402
 from fluxforge.eval.lm_eval_task import write_lm_eval_task  # noqa: E402
-from fluxforge.eval.scoring import option_loglikelihoods, score_mcq  # noqa: E402
+from fluxforge.eval.scoring import mcq_predictions, score_mcq  # noqa: E402
 from fluxforge.train.model import build_model, count_params, load_model, save_model  # noqa: E402
 from fluxforge.world.generate import WorldBuilder  # noqa: E402
 
 TASK = "fluxforge_mcq_bench"
+
+
+def llama_style_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose post-processor puts BOS ``<s>`` (0) first; EOS is ``</s>`` (1), as in Llama 3's tokenizer.json."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=alphabet, show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
 def main() -> None:
@@ -75,7 +89,7 @@ def main() -> None:
     world.build_docs()
     questions = world.build_mcq()
     questions = questions[: args.questions] if args.questions else questions
-    tok = train_tokenizer([d.text for d in world.docs], TokenizerConfig().vocab_size)
+    tok = llama_style_tokenizer([d.text for d in world.docs], TokenizerConfig().vocab_size)
     cfg = ModelConfig()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +97,7 @@ def main() -> None:
         model, tok = load_model(tmp / "model")
         model.eval()
         n_params = count_params(model)
-        lm = HFLM(pretrained=str(tmp / "model"), device="cpu", batch_size=args.batch_size, add_bos_token=True)
+        lm = HFLM(pretrained=str(tmp / "model"), device="cpu", batch_size=args.batch_size)  # default model arguments
         manager = TaskManager(include_path=str(write_lm_eval_task(questions, tmp / "task", TASK)), include_defaults=False)
 
         def ours() -> list[dict]:
@@ -100,13 +114,13 @@ def main() -> None:
         def theirs_model_only() -> None:
             lm.loglikelihood(requests, disable_tqdm=True)
 
-        # warm-up, and a parity check at this size: lm-eval's per-option log-likelihoods against ours
+        # warm-up, and a parity check at this size: lm-eval's per-option log-likelihoods and choices against ours
         warm = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-        theirs_ll = np.array([r[0] for s in sorted(warm["samples"][TASK], key=lambda s: s["doc_id"]) for r in s["filtered_resps"]])
-        ours_ll = option_loglikelihoods(model, tok, [q["question"] for q in questions for _ in q["options"]],
-                                        [" " + o for q in questions for o in q["options"]], args.batch_size)
-        max_diff = float(np.abs(theirs_ll - ours_ll).max())
-        acc_ours, acc_theirs = float(np.mean([r["correct"] for r in ours()])), warm["results"][TASK]["acc,none"]
+        their_ll = {s["doc"]["id"]: [r[0] for r in s["filtered_resps"]] for s in warm["samples"][TASK]}
+        mine = ours()
+        max_diff = max(float(np.abs(np.array(their_ll[r["id"]]) - r["loglik"]).max()) for r in mine)
+        differ = sum(mcq_predictions(their_ll[q["id"]], q["options"]) != (r["pred"], r["pred_norm"]) for q, r in zip(questions, mine))
+        acc_ours, acc_theirs = float(np.mean([r["correct"] for r in mine])), warm["results"][TASK]["acc,none"]
         theirs_model_only()
         times: dict[str, list[float]] = {"ours": [], "theirs": [], "model": []}
         for _ in range(args.repeats):  # interleaved, so load from other processes hits all three alike
@@ -127,12 +141,13 @@ def main() -> None:
     body = f"""Machine: {machine()}. Date: {dt.date.today()}. Command: `.venv/bin/{cmd}` (or the same options after `.venv/bin/python benchmarks/run.py scoring_throughput`).
 
 {n} four-option questions of the default world ({n_req} log-likelihood requests); the default model size
-({cfg.num_layers} layers, hidden {cfg.hidden_size}, {n_params / 1e6:.2f} M parameters, random weights, vocabulary {len(tok)});
-batch size {args.batch_size} and {args.threads} torch thread(s) for both{one_thread_note}; lm-eval {lm_eval.__version__} (`HFLM`, `add_bos_token=True`, device cpu).
+({cfg.num_layers} layers, hidden {cfg.hidden_size}, {n_params / 1e6:.2f} M parameters, random weights) with a Llama-style tokenizer
+(vocabulary {len(tok)}; BOS `<s>` added by its post-processor, EOS `</s>`);
+batch size {args.batch_size} and {args.threads} torch thread(s) for both{one_thread_note}; lm-eval {lm_eval.__version__} (`HFLM`, default model arguments, device cpu).
 Model loading is outside the timed regions; one untimed warm-up run of each comes first; then {args.repeats} rounds,
 each timing the three in turn (so load from other processes hits all alike); the median is reported.
-Same answers: max |lm-eval - ours| over the {n_req} option log-likelihoods = {max_diff:.1e} nats; acc ours {acc_ours:.3f}, lm-eval {acc_theirs:.3f}
-(random weights, so near chance).
+Same answers: max |lm-eval - ours| over the {n_req} option log-likelihoods = {max_diff:.1e} nats; the acc or acc_norm choice differs
+on {differ} of {n} questions; acc ours {acc_ours:.3f}, lm-eval {acc_theirs:.3f} (random weights, so near chance).
 
 | what is timed | median s | runs (s) | questions/s |
 |---|---|---|---|
