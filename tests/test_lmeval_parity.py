@@ -189,18 +189,23 @@ def checkpoints(world: WorldBuilder, tmp_path_factory: pytest.TempPathFactory): 
     return get
 
 
-def _lm_eval(folder: Path, questions: list[dict], tmp: Path, **model_args: object) -> tuple[dict, dict]:
-    """lm-eval's samples by question id, and its aggregate results, for ``HFLM(folder, **model_args)``."""
+def _lm_eval(folder: Path, questions: list[dict], tmp: Path, task_dir: Path | None = None, task: str = TASK,
+             **model_args: object) -> tuple[dict, dict]:
+    """lm-eval's samples by question id, and its aggregate results, for ``HFLM(folder, **model_args)``.
+
+    The task is ``questions`` written with ``write_lm_eval_task``, or ``task`` found in ``task_dir`` when given.
+    """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    write_lm_eval_task(questions, tmp / "task", TASK)
+    if task_dir is None:
+        task_dir = write_lm_eval_task(questions, tmp / "task", task)
     lm = HFLM(pretrained=str(folder), device="cpu", batch_size=64, **model_args)
-    res = lm_eval.simple_evaluate(model=lm, tasks=[TASK], log_samples=True, bootstrap_iters=0,
-                                  task_manager=TaskManager(include_path=str(tmp / "task"), include_defaults=False))
-    samples = {s["doc"]["id"]: s for s in res["samples"][TASK]}
-    assert len(samples) == len(questions)
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task], log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    samples = {s["doc"]["id"]: s for s in res["samples"][task]}
+    assert len(samples) == len(questions) or not questions
     return samples, res
 
 
@@ -211,7 +216,7 @@ def _assert_same(questions: list[dict], ours: list[dict], samples: dict) -> floa
         s = samples[q["id"]]
         theirs = np.array([float(ll) for ll, _ in s["filtered_resps"]])
         worst = max(worst, float(np.abs(theirs - np.array(r["loglik"])).max()))
-        assert r["loglik"] == pytest.approx(theirs, abs=TOL), q["id"]
+        np.testing.assert_allclose(r["loglik"], theirs, rtol=0, atol=TOL, err_msg=q["id"])
         assert r["is_greedy"] == [bool(g) for _, g in s["filtered_resps"]], q["id"]
         assert (r["pred"], r["pred_norm"]) == mcq_predictions(theirs, q["options"]), q["id"]
         assert (r["correct"], r["correct_norm"]) == (bool(s["acc"]), bool(s["acc_norm"])), q["id"]
@@ -270,3 +275,46 @@ def test_lm_eval_model_arguments_are_ours(name: str, args: dict, checkpoints, tm
     samples, _ = _lm_eval(folder, questions, tmp_path, **args)
     model, tok = load_model(folder)
     _assert_same(questions, score_mcq(model, tok, questions, batch_size=16, **args), samples)
+
+
+def test_fluxforge_eval_on_a_quirky_cti_file_equals_lm_eval(checkpoints, world: WorldBuilder, tmp_path: Path,  # noqa: ANN001
+                                                             capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case end to end: a Llama-style checkpoint, a CTI-MCQ file with empty options and broken rows.
+
+    ``fluxforge eval --lm-eval-task`` writes what it scored as an lm-eval task, lm-eval scores that task and
+    writes its samples file as ``lm_eval --log_samples`` does, and ``fluxforge eval --compare`` finds no difference.
+    """
+    from lm_eval.loggers import EvaluationTracker
+
+    from fluxforge.cli import main
+    from fluxforge.eval.tasks import CTI_COLUMNS, LETTERS
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder, _ = checkpoints("llama")
+    rows = []
+    for i, q in enumerate(world.build_mcq()[:40]):
+        options = list(q["options"])
+        if i % 5 == 0:
+            options[(q["answer"] + 1) % 4] = ""  # as on some lines of the published file
+        stem = q["question"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        rows.append([f"https://x/{i}", "" if i == 7 else stem, *options, "Prompt", "E" if i == 9 else LETTERS[q["answer"]]])
+    rows.append(rows[0][:5])  # a short row
+    tsv = tmp_path / "cti-mcq.tsv"
+    tsv.write_text("\n".join("\t".join(r) for r in [list(CTI_COLUMNS), *rows]) + "\n")
+
+    def fluxforge_eval(*extra: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--model", str(folder), "--task", str(tsv), "--out", str(tmp_path / "ours.json"), *extra])
+        return exit_.value.code, capsys.readouterr().out
+
+    code, printed = fluxforge_eval("--lm-eval-task", str(tmp_path / "lm"))
+    assert code == 0 and "skipped 3 row(s)" in printed
+    samples, res = _lm_eval(folder, [], tmp_path, task_dir=tmp_path / "lm", task="fluxforge_cti_mcq")
+    tracker, by_task = EvaluationTracker(output_path=str(tmp_path / "out" / "results.json")), res.pop("samples")
+    tracker.save_results_aggregated(results=res, samples=by_task)
+    tracker.save_results_samples(task_name="fluxforge_cti_mcq", samples=by_task["fluxforge_cti_mcq"])
+    (path,) = (tmp_path / "out").glob("samples_fluxforge_cti_mcq_*.jsonl")
+    code, printed = fluxforge_eval("--compare", str(path))
+    assert code == 0 and "38 of 38 questions paired" in printed and "identical" in printed, printed
+    ours = json.loads((tmp_path / "ours.json").read_text())
+    assert ours["compare"]["identical"] and ours["metrics"]["acc"] == pytest.approx(res["results"]["fluxforge_cti_mcq"]["acc,none"])

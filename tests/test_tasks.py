@@ -487,8 +487,9 @@ def test_quirky_cti_file_end_to_end_with_out_and_compare(tiny_model_dir, tmp_pat
     assert code == 0 and f"{n} of {n} questions paired" in printed and "identical" in printed
     changed = [dict(r) for r in res["questions"][1:]]
     changed[0]["loglik"] = [changed[0]["loglik"][0] - 2e-4, *changed[0]["loglik"][1:]]
-    winner = max(range(4), key=changed[1]["loglik"].__getitem__)
-    changed[1]["loglik"] = [v + 50 * (k == (winner + 1) % 4) for k, v in enumerate(changed[1]["loglik"])]
+    loser = next(k for k in range(4) if LETTERS[k] not in (changed[1]["pred"], changed[1]["pred_norm"]))
+    changed[1]["loglik"] = [v + 50 * (k == loser) for k, v in enumerate(changed[1]["loglik"])]  # now it wins both
     code, printed = compare(changed)
-    assert code == 1 and "DIFFERENT" in printed and "unpaired: 1 of ours" in printed
-    assert "max |loglik ours - lm-eval| = 5.00e+01" in printed and f"acc choices differ on 1 question(s): ['{changed[1]['id']}']" in printed
+    assert code == 1 and "DIFFERENT" in printed and "unpaired: 1 of ours" in printed and "max |loglik ours - lm-eval| = 5.00e+01" in printed
+    for metric in ("acc", "acc_norm"):
+        assert f"{metric} choices differ on 1 question(s): ['{changed[1]['id']}']" in printed
