@@ -8,6 +8,7 @@ import torch
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.eval.scoring import (
     DEFAULT_MAX_LENGTH,
+    RequestError,
     mcq_predictions,
     option_loglikelihoods,
     perplexity,
@@ -66,7 +67,7 @@ def test_requests_are_built_as_lm_eval_builds_them(lm):
     assert request_tokens(tok, ["Answer:"], [" SQL"], add_bos_token=True)[0][0] == [bos, *enc("Answer:")]
     assert request_tokens(tok, ["Answer:"], [" SQL"], add_bos_token=False)[0][0] == enc("Answer:")
     assert not tok.add_bos_token and tok("x")["input_ids"] == enc("x")  # the caller's tokenizer keeps its setting
-    with pytest.raises(ValueError, match="no tokens"):
+    with pytest.raises(RequestError, match="no tokens"):
         request_tokens(tok, ["   "], [" SQL"])
 
 
@@ -81,7 +82,7 @@ def test_long_inputs_lose_tokens_on_the_left(lm):
     expect, greedy = _direct(model, whole[-12:], 12 - n_cont)  # max_length + 1 tokens, fed all but the last
     assert got.loglik[0] == pytest.approx(expect, abs=1e-4) and got.is_greedy[0] == greedy
     assert got.loglik[0] != pytest.approx(option_loglikelihoods(model, tok, [ctx], [cont]).loglik[0], abs=1e-3)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(RequestError, match="does not fit max_length"):
         option_loglikelihoods(model, tok, [ctx], [cont * 4], max_length=n_cont)
 
 

@@ -493,3 +493,15 @@ def test_quirky_cti_file_end_to_end_with_out_and_compare(tiny_model_dir, tmp_pat
     assert code == 1 and "DIFFERENT" in printed and "unpaired: 1 of ours" in printed and "max |loglik ours - lm-eval| = 5.00e+01" in printed
     for metric in ("acc", "acc_norm"):
         assert f"{metric} choices differ on 1 question(s): ['{changed[1]['id']}']" in printed
+
+
+def test_eval_command_refuses_what_lm_eval_refuses_with_the_reason(tiny_model_dir, tmp_path, capsys):
+    """An option longer than --max-length cannot be scored by lm-eval either: exit 2 naming it, no traceback."""
+    from fluxforge.cli import main
+
+    task_file, _ = write_task(tmp_path, "cybermetric", n=4)
+    for length, why in (("3", "' control a000 of the plan' has"), ("0", "--max-length must be at least 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--model", str(tiny_model_dir), "--task", str(task_file), "--max-length", length])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and why in err and "Traceback" not in err, err

@@ -284,6 +284,8 @@ def _eval(args: argparse.Namespace) -> int:
         task = load_task(args.task, args.format, strict=args.strict)  # before the model: a broken file fails in a second
         if args.limit is not None and args.limit < 1:
             raise FluxForgeError(f"--limit must be at least 1, got {args.limit}")
+        if args.max_length is not None and args.max_length < 1:
+            raise FluxForgeError(f"--max-length must be at least 1, got {args.max_length}")
         if args.compare and args.method != "loglik":
             raise FluxForgeError("--compare diffs log-likelihoods with lm-eval's samples: use it with --method loglik")
         samples = read_lm_eval_samples(args.compare) if args.compare else None

@@ -39,10 +39,16 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fluxforge.errors import FluxForgeError
+
 LM_EVAL_VERSION = "0.4.13"  # the lm-evaluation-harness whose HFLM these rules are (tests/test_lmeval_parity.py runs it)
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter: an option's continuation is " " + option
 DEFAULT_MAX_LENGTH = 2048  # HFLM's when neither the model config nor the tokenizer gives a length
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' model_max_length when unset
+
+
+class RequestError(FluxForgeError, ValueError):
+    """A request lm-eval refuses too (a context with no tokens, a continuation longer than the model's length)."""
 
 
 class OptionScores(NamedTuple):
@@ -163,16 +169,17 @@ def request_tokens(tok: PreTrainedTokenizerBase, context: Sequence[str], continu
     for i, (c, _), ids in zip(rest, pairs, whole, strict=True):
         ctx = ctx_ids[c]
         if not ctx:
-            raise ValueError(f"context {context[i]!r} has no tokens once its trailing whitespace moves to the continuation "
-                             "(lm-eval refuses it too)")
+            raise RequestError(f"context {context[i]!r} has no tokens once its trailing whitespace moves to the continuation "
+                               "(lm-eval refuses it too)")
         out[i] = (ctx, ids[len(ctx) :])
     return out
 
 
-def _truncate(ctx: list[int], cont: list[int], max_len: int) -> list[int]:
+def _truncate(ctx: list[int], cont: list[int], max_len: int, text: str) -> list[int]:
     """The context lm-eval feeds: inputs over ``max_len`` + 1 tokens lose tokens on the left."""
     if len(cont) > max_len:
-        raise ValueError(f"continuation of {len(cont)} tokens does not fit the model's {max_len} positions")
+        raise RequestError(f"the continuation {text[:80]!r}{'...' if len(text) > 80 else ''} has {len(cont)} tokens and does not "
+                           f"fit max_length {max_len} (lm-eval refuses it too)")
     return ctx[-(max_len + 1 - len(cont)) :]
 
 
@@ -230,7 +237,7 @@ def option_loglikelihoods(model: PreTrainedModel, tok: PreTrainedTokenizerBase, 
     greedy = np.ones(len(context), dtype=bool)
     for i, (ctx, cont) in enumerate(request_tokens(tok, context, continuation, add_bos_token)):
         if cont:
-            groups.setdefault(tuple(_truncate(ctx, cont, max_len)), []).append((i, cont))
+            groups.setdefault(tuple(_truncate(ctx, cont, max_len, continuation[i])), []).append((i, cont))
     # longest first, like lm-eval: the first batch shows the memory peak. By continuation length first: every
     # continuation row is padded to the batch's longest, while a context is padded once for all its options.
     ordered = sorted(groups.items(), key=lambda g: (-max(len(c) for _, c in g[1]), -len(g[0])))
