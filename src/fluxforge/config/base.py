@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from fluxforge.errors import FluxForgeError
 
@@ -15,6 +16,26 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 DOMAINS = ("general", "cyber")
+
+
+def _date_text(value: Any, info: ValidationInfo, with_time: bool) -> Any:
+    """A YAML date (unquoted 2024-06-01) as the ISO text it was written as; text must parse as ISO."""
+    if isinstance(value, dt.date):  # datetime is a date too
+        return value.isoformat()
+    if not isinstance(value, str):
+        return value  # the str type check says what is wrong
+    try:
+        (dt.datetime if with_time else dt.date).fromisoformat(value)
+    except ValueError:
+        example = '"2024-06-01" or "2024-06-01T12:00:00Z"' if with_time else '"2024-06-01"'
+        raise ValueError(f"{info.field_name} must be an ISO date, quoted: {example} (got {value!r})") from None
+    return value
+
+
+# Every date-like param takes a YAML date or a string. Messages and examples show the quoted form because DVC
+# cannot read a date in params.yaml (it stops with "Unsupported value of type 'date'"; config.loader says so first).
+IsoDate = Annotated[str, BeforeValidator(lambda v, info: _date_text(v, info, with_time=False))]  # "2024-06-01"
+IsoTimestamp = Annotated[str, BeforeValidator(lambda v, info: _date_text(v, info, with_time=True))]  # or with a time
 Factory = TypeVar("Factory", bound=Callable[..., Any])
 _BUILDERS: dict[type, Callable[..., Any]] = {}
 

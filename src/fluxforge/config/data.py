@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from fluxforge.config.base import DOMAINS, Fraction, NonNegInt, PosInt, Strict
+from fluxforge.config.base import DOMAINS, Fraction, IsoTimestamp, NonNegInt, PosInt, Strict
 from fluxforge.config.filters import FilterConfig
 
 
@@ -41,30 +41,12 @@ class Source(Strict):
     licence: str = "generated"
     txt_split: Literal["file", "blank_lines", "heading"] | None = None  # txt only: what one document is
     heading_pattern: str | None = None  # txt_split heading: a line matching this regex (re.search) starts a document
-    default_timestamp: str | None = None  # ISO date for records without a timestamp (txt files have none)
+    default_timestamp: IsoTimestamp | None = None  # "2024-06-01" (quoted) for records without a timestamp (txt has none)
     # longer documents are rejected (reason too_long) before they reach filters built for prose
     max_doc_chars: PosInt = 1_000_000
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dates_as_text(cls, raw: Any) -> Any:
-        """YAML reads an unquoted 2024-01-01 as a date; accept it as the ISO string it was written as."""
-        import datetime as dt
-
-        if isinstance(raw, dict) and isinstance(raw.get("default_timestamp"), dt.date):
-            raw = {**raw, "default_timestamp": raw["default_timestamp"].isoformat()}
-        return raw
-
     @model_validator(mode="after")
     def _consistent(self) -> Source:
-        import datetime as dt
-
-        if self.default_timestamp is not None:
-            try:
-                dt.datetime.fromisoformat(self.default_timestamp)
-            except ValueError:
-                raise ValueError(f"default_timestamp must be an ISO date such as 2024-01-01 or "
-                                 f"2024-01-01T00:00:00Z, got {self.default_timestamp!r}") from None
         if self.format == "txt":
             if self.txt_split is None:
                 raise ValueError("format txt needs txt_split: file (one document per file), blank_lines "
@@ -72,12 +54,13 @@ class Source(Strict):
             if self.domain == "auto":
                 raise ValueError("format txt has no per-record domain: set domain to general or cyber")
             if self.default_timestamp is None:
-                raise ValueError("format txt has no timestamps: set default_timestamp (an ISO date such as "
-                                 "2024-01-01), or every document would be rejected")
+                raise ValueError('format txt has no timestamps: set default_timestamp (an ISO date, quoted: '
+                                 'default_timestamp: "2024-01-01"), or every document would be rejected')
         elif self.txt_split is not None:
             raise ValueError(f"txt_split applies to format txt only (this source is {self.format})")
         if self.timestamp_field is None and self.default_timestamp is None:
-            raise ValueError("timestamp_field is null: set default_timestamp, or every document would be rejected")
+            raise ValueError('timestamp_field is null: set default_timestamp (quoted: default_timestamp: "2024-01-01"), '
+                             'or every document would be rejected')
         if (self.txt_split == "heading") != (self.heading_pattern is not None):
             raise ValueError("heading_pattern is required with txt_split: heading, and used by nothing else")
         if self.heading_pattern is not None:
@@ -115,7 +98,7 @@ class ContractConfig(Strict):
     min_rows: NonNegInt = 1
     text_chars: Annotated[list[NonNegInt], Field(min_length=2, max_length=2)] = [1, 5_000_000]  # inclusive len(text)
     domains: list[str] = Field(default_factory=lambda: list(DOMAINS))
-    timestamps: Annotated[list[str], Field(min_length=2, max_length=2)] = ["1990-01-01", "2100-01-01"]  # ISO, inclusive
+    timestamps: Annotated[list[IsoTimestamp], Field(min_length=2, max_length=2)] = ["1990-01-01", "2100-01-01"]  # inclusive
     url_pattern: str = r"^(?:https?|s3|file)://"
 
     @model_validator(mode="after")
@@ -131,7 +114,7 @@ class ContractConfig(Strict):
         try:
             lo, hi = (Timestamp(t) for t in self.timestamps)
         except ValueError as err:
-            raise ValueError(f"timestamps must be two ISO dates: {err}") from None
+            raise ValueError(f'timestamps must be two ISO dates, quoted: ["1990-01-01", "2100-01-01"]: {err}') from None
         if lo > hi:
             raise ValueError(f"timestamps: {self.timestamps[0]} is after {self.timestamps[1]}")
         _check_regex("url_pattern", self.url_pattern)

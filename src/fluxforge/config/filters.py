@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from fluxforge.config.base import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Strict
+from fluxforge.config.base import Fraction, IsoDate, NonNegFloat, NonNegInt, PosFloat, PosInt, Strict
 
 
 class _Section(Strict):
@@ -141,17 +140,7 @@ class URLBlocklistConfig(_Section):
 class AgeConfig(_Section):
     """Tag ``age_days`` = reference_date - timestamp into meta; never drops."""
 
-    reference_date: str = "2025-01-01"
-
-    @field_validator("reference_date", mode="before")
-    @classmethod
-    def _iso_date(cls, v: Any) -> str:
-        if isinstance(v, date):  # YAML reads an unquoted 2025-01-01 as a date
-            return v.isoformat()
-        try:
-            return date.fromisoformat(v).isoformat()
-        except (TypeError, ValueError):
-            raise ValueError(f"reference_date must be an ISO date YYYY-MM-DD, got {v!r}") from None
+    reference_date: IsoDate = "2025-01-01"  # quoted in params.yaml: "2025-01-01"
 
 
 class BoilerplateConfig(_Section):

@@ -14,7 +14,8 @@ YAML) and applied last.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, MutableMapping, Sequence
+import datetime as dt
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +111,54 @@ def read_yaml(path: Path | str, kind: FileKind = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
+def check_dvc_readable(raw: Mapping[str, Any], path: Path | str) -> None:
+    """Stop on an unquoted date in a file DVC reads: DVC itself would crash on it before any stage runs.
+
+    YAML reads ``2024-06-01`` as a date, and DVC loads the whole of params.yaml for its templating and stops
+    with "Unsupported value of type 'date'". The params models take either form; only params.yaml needs quotes.
+    """
+    dates = list(_dates(raw))
+    if not dates:
+        return
+    lines = _key_lines(Path(path))
+    problems = [f"  - line {lines.get(key, '?')}: {'.'.join(map(str, key))}: write \"{_iso(value)}\", not {_iso(value)}"
+                for key, value in dates]
+    raise ParamsError(f"{path}: DVC cannot read a date written without quotes (`dvc repro` would stop with "
+                      f"\"Unsupported value of type 'date'\"); quote it:\n" + "\n".join(problems))
+
+
+def _iso(value: dt.date) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _dates(value: Any, key: tuple = ()) -> Iterator[tuple[tuple, dt.date]]:
+    if isinstance(value, dt.date):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _dates(v, (*key, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _dates(v, (*key, i))
+
+
+def _key_lines(path: Path) -> dict[tuple, int]:
+    """The line of every value in a YAML file, by its key path (keys as the loader reads them)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, key: tuple) -> None:
+        lines[key] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                walk(v, (*key, int(k.value) if k.tag.endswith(":int") else k.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*key, i))
+
+    walk(yaml.compose(path.read_text(), Loader=yaml.SafeLoader), ())
+    return lines
+
+
 # ----------------------------------------------------------------------------- validating
 def format_errors(err: ValidationError, where: Path | str, kind: FileKind = PARAMS_FILE, prefix: str = "") -> str:
     """Every problem of ``err`` on its own line, as ``dotted.key: message (got value)``, under the file's name."""
@@ -153,11 +202,14 @@ def merge_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[s
 
 
 def _plain(value: Any) -> Any:
-    """A deep copy with plain dicts and lists (OmegaConf takes a dict subclass, such as a YAML round-trip map, for an object)."""
+    """A deep copy with plain dicts and lists (OmegaConf takes a dict subclass, such as a YAML round-trip map, for an
+    object) and dates as ISO text (merged params are written to a params.yaml, and DVC cannot read dates there)."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dt.date):
+        return value.isoformat()
     return copy.copy(value)
 
 
@@ -215,9 +267,13 @@ def profile_path(profile: str | Path, root: Path | str = ".") -> Path:
 
 def read_params(path: Path | str = "params.yaml", profile: str | Path | None = None,
                 overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The params mapping: ``path``, with ``profile`` merged over it (profiles next to ``path``), then ``overrides``."""
+    """The params mapping: ``path``, with ``profile`` merged over it (profiles next to ``path``), then ``overrides``.
+
+    An unquoted date in ``path`` is an error here (:func:`check_dvc_readable`): DVC reads that file too.
+    """
     path = Path(path)
     raw = read_yaml(path)
+    check_dvc_readable(raw, path)
     if profile is not None:
         raw = merge_overlay(raw, read_yaml(profile_path(profile, path.parent), PROFILE_FILE))
     for override in overrides:
