@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY  := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH                      := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test test-fast bench report clean help
+.PHONY: install run repro test test-fast bench report clean help
 
 help:            ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,10 @@ else
 	$(BIN)/dvc repro
 	@$(BIN)/fluxforge summary
 endif
+
+repro: install   ## install, check params, then `dvc repro` (STAGE=NAME: that stage and what it needs), no venv activation needed
+	$(BIN)/fluxforge check-params
+	$(BIN)/dvc repro $(STAGE)
 
 test: install    ## install, then run the whole test suite (slow e2e included)
 	$(BIN)/python -m pytest

@@ -1,8 +1,8 @@
 """The shape of the house (ARCHITECTURE.md): imports point down, stages are recipes, dvc.yaml is the only registry.
 
 These fail the moment someone imports upward or sideways, imports another module's private name, adds a
-library module outside every layer, grows a stage script into a library, or adds a stage that dvc.yaml
-does not run.
+library module outside every layer, grows a stage script into a library, adds a stage that dvc.yaml
+does not run, or gives a stage a command that does not run on stages/python.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ def test_dvc_yaml_is_the_only_stage_registry():
     """Every stage script is run by a dvc.yaml stage, every dvc.yaml stage runs a stage script; no other table."""
     from fluxforge.orchestrate import dag
 
-    run = {s.cmd.split()[2] for s in dag.read(ROOT)}  # "python -m stages.<name> ..."
-    assert run == {f"stages.{p.stem}" for p in _stage_scripts()}
+    cmds = [s.cmd.split() for s in dag.read(ROOT)]  # "stages/python -m stages.<name> ..."
+    assert {c[2] for c in cmds} == {f"stages.{p.stem}" for p in _stage_scripts()}
+    # every stage runs on stages/python, which finds the venv: `.venv/bin/dvc repro` works without activating it
+    assert {tuple(c[:2]) for c in cmds} == {("stages/python", "-m")}
+    assert os.access(ROOT / "stages" / "python", os.X_OK)
     assert not (PACKAGE / "pipeline").exists()

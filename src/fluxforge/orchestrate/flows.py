@@ -73,8 +73,8 @@ def repo_lock(root: Path | str) -> contextlib.AbstractContextManager[None]:
 
 
 def _env() -> dict[str, str]:
-    bindir = str(Path(sys.executable).parent)  # stage commands call `python`: use this environment's
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    # stage commands run on stages/python, which takes FLUXFORGE_PYTHON first: this environment's interpreter
+    env = {**os.environ, "FLUXFORGE_PYTHON": sys.executable, "DVC_NO_ANALYTICS": "1"}
     if api := _api_url():  # sharded data stages report to this server instead of starting their own (~40 s)
         env["PREFECT_API_URL"] = api
     return env
