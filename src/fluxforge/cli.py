@@ -22,6 +22,7 @@ Typical use:
   fluxforge refresh -S pretrain.steps=200     one refresh through Prefect (pull, repro, promote, push, commit)
   fluxforge deploy                            nightly refresh + GPU-stage deployments on a Prefect server
   fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
+  fluxforge source add corpus/ --domain general   your own files as a source of the DAG (list, remove)
   fluxforge curate --input 'corpus/*.jsonl' --output DIR   ingest, filter and dedup any corpus outside the DAG
   fluxforge merge instruction_residual INSTRUCT BASE UPDATED --out DIR   instruct - base added onto an updated base
 """
@@ -97,8 +98,8 @@ def _stage(args: argparse.Namespace) -> int:
     except FluxForgeError as err:
         print(f"fluxforge stage: {err}", file=sys.stderr)
         return 2
-    bindir = str(Path(sys.executable).parent)  # stage commands call `python`: this environment's
-    env = {**os.environ, "FLUXFORGE_PARAMS": args.params, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # stage commands run on stages/python, which takes FLUXFORGE_PYTHON first: this environment's interpreter
+    env = {**os.environ, "FLUXFORGE_PARAMS": args.params, "FLUXFORGE_PYTHON": sys.executable}
     return subprocess.run(stage.cmd, shell=True, env=env).returncode
 
 
@@ -382,7 +383,7 @@ ledger.json (per stage: documents in, kept and rejected per source and reason; t
 Exit 2 on a bad config, no input files or unreadable input.
 
 Example config:
-  source: {text_field: body, url_field: null, default_timestamp: 2024-01-01, domain: cyber}
+  source: {text_field: body, url_field: null, default_timestamp: "2024-01-01", domain: cyber}
   filters: {language: {enabled: false}}
   runner: {kind: process, workers: 2, shard_docs: 2000}
 """
@@ -407,6 +408,106 @@ def _curate(args: argparse.Namespace) -> int:
         return 2
     print(main_summary(ledger, args.output))
     return 0
+
+
+SOURCE_HELP = """Your own files as a source of the DAG's ingest stage, in one step.
+
+`add` inspects PATH (a file, a folder, a glob in quotes, or s3://BUCKET/PREFIX): the format from the
+suffixes, the text, URL and date fields from the first records, and how .txt files split into documents. It
+reads the first files as ingest will, shows what it found and the lines it would write, and asks before
+writing (--yes accepts, --dry-run only shows). It writes two things together:
+  params.yaml  a data.sources entry, with a comment on each value saying where it came from
+  dvc.yaml     PATH as a dependency of ingest, so that changing the files reruns ingest and what follows
+Every guess can be set instead: --text-field body, --url-field none, --default-timestamp 2024-06-01
+(written quoted, "2024-06-01": DVC cannot read an unquoted date in params.yaml). Then: make repro.
+"""
+
+
+def _source_add(args: argparse.Namespace) -> int:
+    from fluxforge.orchestrate.sources import plan_add
+
+    keys = ("name", "format", "text_field", "url_field", "timestamp_field", "id_field", "default_timestamp",
+            "txt_split", "heading_pattern", "licence")
+    choices = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    choices |= {k: None for k in ("url_field", "timestamp_field") if getattr(args, k) in ("none", "null")}
+    return _apply_plan("add", lambda: plan_add(Path.cwd(), args.path, args.domain, choices), args)
+
+
+def _source_remove(args: argparse.Namespace) -> int:
+    from fluxforge.orchestrate.sources import plan_remove
+
+    return _apply_plan("remove", lambda: plan_remove(Path.cwd(), args.name), args)
+
+
+def _apply_plan(verb: str, make_plan, args: argparse.Namespace) -> int:  # noqa: ANN001 - () -> sources.Plan
+    """Show a planned change to params.yaml and dvc.yaml; write it when accepted (--yes, or y at the prompt)."""
+    from fluxforge.errors import FluxForgeError
+
+    try:
+        plan = make_plan()
+        print("\n".join(plan.summary) + "\n\n" + plan.diff())
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.dry_run:
+            print("dry run: nothing written")
+            return 0
+        if not (args.yes or (sys.stdin.isatty() and input("Write these changes? [y/N] ").strip().lower() in ("y", "yes"))):
+            print("nothing written (--yes accepts the changes shown; options such as --text-field change a guess)",
+                  file=sys.stderr)
+            return 1
+        plan.write()
+    except FluxForgeError as err:
+        print(f"fluxforge source {verb}: {err}", file=sys.stderr)
+        return 2
+    print(f"written: {', '.join(p.name for p in plan.edits)}. Next: make repro (or .venv/bin/dvc repro)")
+    return 0
+
+
+def _source_list(args: argparse.Namespace) -> int:
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate.sources import list_sources
+
+    try:
+        listed = list_sources(Path.cwd())
+    except FluxForgeError as err:
+        print(f"fluxforge source list: {err}", file=sys.stderr)
+        return 2
+    for item in listed:
+        s = item.source
+        watched = f"watched as {item.dependency}" if item.dependency else \
+            f"NOT WATCHED: add `- {item.watched}` to ingest's deps in dvc.yaml, or DVC misses changes to its files"
+        print(f"{s.name:16s} {s.format:7s} {s.domain:7s} {s.path}   ({watched})")
+    return 0
+
+
+def _source_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
+    so = sub.add_parser("source", help="add, list or remove a source of the DAG (params.yaml + ingest's deps in dvc.yaml)",
+                        description=SOURCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ops = so.add_subparsers(dest="op", required=True)
+    add = ops.add_parser("add", help="inspect PATH and add it as a source", description=SOURCE_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add.add_argument("path", metavar="PATH", help="a file, a folder, a glob (quote it) or s3://BUCKET/PREFIX")
+    add.add_argument("--domain", required=True, choices=("cyber", "general"), help="the domain of every document")
+    add.add_argument("--format", choices=("jsonl", "parquet", "txt", "csv", "tsv"), help="default: from the suffixes")
+    add.add_argument("--name", help="the source's name (data/raw/NAME.parquet; default: from PATH)")
+    add.add_argument("--text-field", help="the field or column holding the text (default: guessed)")
+    add.add_argument("--url-field", help="the field holding URLs, or none (default: guessed)")
+    add.add_argument("--timestamp-field", help="the field holding ISO dates, or none (default: guessed)")
+    add.add_argument("--id-field", help="a field with the records' own ids, kept in meta")
+    add.add_argument("--default-timestamp", metavar="DATE", help="date of documents without one, e.g. 2024-06-01 "
+                     "(default when the files have no dates: the newest file's date)")
+    add.add_argument("--txt-split", choices=("file", "blank_lines", "heading"), help=".txt: what one document is")
+    add.add_argument("--heading-pattern", help="with --txt-split heading: the regex of a line that starts a document")
+    add.add_argument("--licence", help="the licence, kept in each document's meta (default: unknown)")
+    rm = ops.add_parser("remove", help="remove a source (and its ingest dependency when no other source needs it)")
+    rm.add_argument("name", help="the source's name (fluxforge source list)")
+    for p in (add, rm):
+        p.add_argument("--yes", action="store_true", help="write without asking")
+        p.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
+    add.set_defaults(fn=_source_add)
+    rm.set_defaults(fn=_source_remove)
+    ops.add_parser("list", help="every source, and the dependency through which DVC sees its files change").set_defaults(
+        fn=_source_list)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -492,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "are rejected, this run's keepers are added (created if missing). Curate time slices one by one "
                     "with the same --index and a later slice never re-adds what an earlier one kept")
     cu.set_defaults(fn=_curate)
+    _source_parser(sub)
     rf = sub.add_parser("refresh", help="one model refresh through Prefect: pull, repro, register/gate/promote, push, commit")
     rf.add_argument("--root", default=".", help="the repository (default: here)")
     rf.add_argument("--profile", help="profile merged into params.yaml for this refresh (e.g. tiny or profiles/tiny.yaml)")

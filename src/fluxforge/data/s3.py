@@ -51,6 +51,49 @@ def client():  # noqa: ANN201 - a boto3 S3 client
                         config=Config(retries={"total_max_attempts": max_attempts(), "mode": "standard"}))
 
 
+def unreadable(url: str, err: Exception) -> DataError:
+    """The one error for an S3 request that failed for good: the URL, the endpoint, and what to check."""
+    where = f" at {endpoint()}" if endpoint() else ""
+    return DataError(f"cannot read {url}{where}: {str(err).splitlines()[0]}. Check the bucket and prefix, that the "
+                     "endpoint is reachable, and the credentials in the environment (AWS_ACCESS_KEY_ID/...)")
+
+
+def list_objects(url: str, suffixes: tuple[str, ...], limit: int = 1000) -> tuple[list[dict], bool]:
+    """The first ``limit`` objects under ``url`` whose key ends with one of ``suffixes`` (boto3's Key, ETag,
+    LastModified, Size), and whether there are more: enough to describe a prefix without listing millions."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_url(url)
+    found: list[dict] = []
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(tuple(suffixes)):
+                    if len(found) == limit:
+                        return found, True
+                    found.append(obj)
+    except (BotoCoreError, ClientError) as err:
+        raise unreadable(url, err) from None
+    return found, False
+
+
+def download_head(url: str, key: str, dest: Path, max_bytes: int | None = None) -> Path:
+    """Copy object ``key`` of ``url``'s bucket to ``dest`` (only its first ``max_bytes`` when given): a sample to inspect."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _ = split_url(url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if max_bytes is None:
+            client().download_file(bucket, key, str(dest))
+        else:
+            body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes - 1}")["Body"].read()
+            dest.write_bytes(body)
+    except (BotoCoreError, ClientError) as err:
+        raise unreadable(f"s3://{bucket}/{key}", err) from None
+    return dest
+
+
 def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
                  page_size: int = 1000) -> list[tuple[Path, str]]:
     """Download every object under ``url`` whose key ends with one of ``suffixes`` into ``dest``.
@@ -81,9 +124,7 @@ def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
                     manifest[key] = obj["ETag"]
                 staged.append((local, f"s3://{bucket}/{key}"))
     except (BotoCoreError, ClientError) as err:
-        where = f" at {endpoint()}" if endpoint() else ""
-        raise DataError(f"cannot read {url}{where}: {str(err).splitlines()[0]}. Check the bucket and prefix, that the "
-                        "endpoint is reachable, and the credentials in the environment (AWS_ACCESS_KEY_ID/...)") from None
+        raise unreadable(url, err) from None
     finally:
         dest.mkdir(parents=True, exist_ok=True)
         manifest_file.write_text(json.dumps(manifest, indent=1))

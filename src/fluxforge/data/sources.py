@@ -8,7 +8,10 @@ with one ledger, for the DAG's ingest stage and ``fluxforge curate`` alike.
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +51,48 @@ def source_files(src: Source) -> list[Path]:
         root = Path(src.path) / "sources"
         files = sorted(root.glob("*.jsonl"))
         where = root
-    elif Path(src.path).is_dir():
-        files = sorted(f for f in Path(src.path).rglob("*") if f.is_file() and f.name.endswith(SUFFIXES[src.format]))
-        where = f"{src.path} (no {' / '.join(SUFFIXES[src.format])} files)"
     else:
-        files = sorted(Path(p) for p in glob.glob(src.path, recursive=True) if Path(p).is_file())
-        where = src.path
+        files = matching_files(src.path, SUFFIXES[src.format])
+        where = f"{src.path} (no {' / '.join(SUFFIXES[src.format])} files)" if Path(src.path).is_dir() else src.path
     if not files:
         raise IngestError(f"source '{src.name}': no input files at {where}")
     return files
+
+
+def matching_files(path: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """A local path's files: a folder's files ending in ``suffixes`` (at any depth), a glob's matches, or the file."""
+    if Path(path).is_dir():
+        return sorted(f for f in Path(path).rglob("*") if f.is_file() and f.name.endswith(suffixes))
+    return sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+
+
+def dependency_path(src: Source) -> str:
+    """What DVC watches for this source, listed in ingest's ``deps``: a change under it means reading the source again.
+
+    The file or folder itself (DVC hashes a folder whole), a glob's folder before its first wildcard (a superset:
+    DVC has no glob dependencies), the S3 prefix (DVC compares its objects' ETags), or a world's ``sources`` folder.
+    """
+    path = src.path.rstrip("/") or src.path
+    if src.format == "world":
+        return f"{path}/sources"
+    if path.startswith("s3://"):
+        return path
+    parts = Path(path).parts
+    fixed = list(itertools.takewhile(lambda p: not re.search(r"[*?[]", p), parts))
+    if len(fixed) == len(parts):
+        return os.path.normpath(path)
+    if not fixed:
+        raise IngestError(f"source '{src.name}': the glob {src.path} starts with a wildcard, so DVC would have to watch "
+                          "the whole repository; point it at a folder (e.g. corpus/*.jsonl)")
+    return os.path.normpath(os.path.join(*fixed))
+
+
+def covers(dep: str, path: str) -> bool:
+    """Whether a change under ``path`` changes dependency ``dep`` (the same path, or ``path`` inside it)."""
+    if dep.startswith("s3://") or path.startswith("s3://"):
+        return path == dep or path.startswith(dep.rstrip("/") + "/")
+    a, b = os.path.abspath(dep), os.path.abspath(path)
+    return b == a or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
 def read_source(src: Source, files: list[Path] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
