@@ -293,6 +293,16 @@ def test_nothing_is_written_without_yes_or_for_a_bad_guess(repo, capsys, monkeyp
     code, _, err = fluxforge(repo, "source", "add", "corpus/articles", "--domain", "general", "--name", "world",
                              "--yes", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 2 and "a source named 'world' exists already" in err
+    code, _, err = fluxforge(repo, "source", "add", "corpus/articles", "--domain", "general", "--default-timestamp",
+                             "last spring", "--yes", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "--default-timestamp last spring: not an ISO date" in err
+    (repo / "top.jsonl").write_text((repo / "corpus" / "cves.jsonl").read_text())
+    code, _, err = fluxforge(repo, "source", "add", "*.jsonl", "--domain", "cyber", "--yes",
+                             capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "starts with a wildcard" in err
+    code, _, err = fluxforge(repo, "source", "add", ".", "--domain", "cyber", "--format", "jsonl", "--yes",
+                             capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "holds the whole repository" in err
     (repo / "corpus" / "empty").mkdir()
     code, _, err = fluxforge(repo, "source", "add", "corpus/empty", "--domain", "general", "--yes",
                              capsys=capsys, monkeypatch=monkeypatch)

@@ -106,6 +106,9 @@ def plan_add(root: Path | str, path: str, domain: str, choices: Mapping[str, Any
     doc.data["data"]["sources"].append(rt.mapping(written, notes))
     plan.edits[root / PARAMS] = (params_text, doc.dump())
     watched = dependency_path(src)
+    if not watched.startswith("s3://") and covers(str(root / watched), str(root)):
+        raise FluxForgeError(f"{path}: DVC would watch {watched}, which holds the whole repository (and ingest's own "
+                             "outputs); put the files in a folder of their own")
     holder = _holder(root, watched, dag.get(STAGE, root).deps)
     pipeline_text = (root / PIPELINE).read_text()
     if holder is None:
@@ -228,7 +231,10 @@ def _default_timestamp(choices: dict[str, Any], newest: dt.date, domain: str, ra
     """The date of documents that have none: the one chosen, else the newest file's (its year picks the slice)."""
     pick = _chosen(choices, "default_timestamp") or guess.Pick(
         newest.isoformat(), "the files have no dates: the newest file's date; the year picks the slice")
-    year = int(str(pick.value)[:4])
+    try:
+        year = dt.datetime.fromisoformat(str(pick.value)).year
+    except ValueError:
+        raise FluxForgeError(f"--default-timestamp {pick.value}: not an ISO date, such as 2024-06-01") from None
     years = raw.get("world", {}).get("years", [])
     if years and year not in years:
         plan.warnings.append(f"its documents are dated {year}: they land in slice {domain}-{year}, outside world.years "
