@@ -12,6 +12,7 @@ from fluxforge.train.loop import lm_objective, train
 from fluxforge.train.model import build_model
 from fluxforge.train.packing import document_attention
 from fluxforge.train.sampler import Batch, MixtureSampler, PhasedSampler
+from resume_proof import RecordingSampler
 from tiny import TINY
 
 EOS = 0
@@ -189,9 +190,11 @@ def test_a_deployable_copy_is_the_trunk_forked_at_the_anneal_and_equals_an_annea
     cfg = _cfg(steps=20, schedule="wsd", decay_fraction=0.25)
     trunk, reference = _model(), _model()
     train(reference, _sampler(), cfg)
+    recording = RecordingSampler(_sampler())
     with caplog.at_level(logging.WARNING, logger="fluxforge.train.loop"):
-        deploy, state = train_task(trunk, _sampler(), cfg, "t", None, None, 0, [], EOS)
+        deploy, state = train_task(trunk, recording, cfg, "t", None, None, 0, [], EOS)
     assert "resuming t from checkpoint" in caplog.text and "at step 15" in caplog.text
+    assert recording.asked == list(range(20)) + list(range(15, 20)), "the copy trains only the 5 annealing steps"
     for (n, p), (_, q) in zip(deploy.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(p, q), n
     assert not torch.equal(trunk.lm_head.weight, deploy.lm_head.weight)  # the trunk never annealed

@@ -8,6 +8,7 @@ from fluxforge.train.loop import causal_lm_loss, train
 from fluxforge.train.model import ModelLoadError, build_model, load_model, save_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
 from fluxforge.train.schedule import lr_factor
+from resume_proof import RecordingSampler, assert_resumed
 from tiny import tiny_config
 
 TINY = tiny_config(num_layers=1)
@@ -57,8 +58,10 @@ def test_loss_falls_and_resume_is_bitwise_identical(tmp_path):
     first = build_model(TINY, 64, 0, 1)
     cfg = _cfg()
     _stop_after(first, sampler, cfg, tmp_path, stop=10)
-    resumed = build_model(TINY, 64, 0, 1)
-    train(resumed, sampler, cfg, checkpoint_dir=tmp_path, checkpoint_every=10)
+    resumed, recording = build_model(TINY, 64, 0, 1), RecordingSampler(sampler)
+    hist_resumed = train(resumed, recording, cfg, checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert_resumed(hist_resumed, recording.asked, at=10, steps=30)
+    assert [r["loss"] for r in hist_resumed] == [r["loss"] for r in hist]
     for (n, p), (_, q) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(p, q), n
 
@@ -91,8 +94,10 @@ def test_probes_run_on_schedule_survive_resume_and_do_not_change_training(tmp_pa
     first = build_model(TINY, 64, 0, 1)
     _stop_after(first, sampler, _cfg(), tmp_path, stop=20, probe=probe, probe_every=12)
     again: list[dict] = []
-    train(build_model(TINY, 64, 0, 1), sampler, _cfg(), checkpoint_dir=tmp_path, checkpoint_every=20,
-          probe=probe, probe_every=12, probes=again)
+    recording = RecordingSampler(sampler)
+    hist = train(build_model(TINY, 64, 0, 1), recording, _cfg(), checkpoint_dir=tmp_path, checkpoint_every=20,
+                 probe=probe, probe_every=12, probes=again)
+    assert_resumed(hist, recording.asked, at=20, steps=30)
     assert [r["step"] for r in again] == [0, 12, 24, 30]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in rows])
 

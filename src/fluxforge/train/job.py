@@ -30,7 +30,7 @@ from fluxforge.train.model import TRAINER_STATE, count_params, save_model
 from fluxforge.train.sampler import MixtureSampler, OffsetSampler, PhasedSampler, Sampler, mixture_weights
 
 log = logging.getLogger(__name__)
-CURVE_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu"]
+CURVE_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "resumed_from"]
 
 
 class Tracker(Protocol):
@@ -132,6 +132,8 @@ def run_job(params: Params, stage: str, name: str, cfg: TrainConfig, model: torc
     Outputs: ``models/<name>`` (weights, tokenizer, ``training_state/``), ``metrics/train/<name>.json``,
     ``plots/train/<name>.csv`` (rewritten at every log row, so the DVC plot follows the run) and
     ``plots/capability/<name>.csv`` (the probe's curve; a header-only file without probes).
+    The metrics' ``resumed_from`` is the step at which this process picked up the last training phase from a
+    checkpoint (0: it trained from the start); the curve's column says the same per row.
     """
     tok = load_pretrained_tokenizer(P.TOKENS)
     objective = objective or lm_objective(cfg.doc_mask, tok.eos_token_id)
@@ -173,7 +175,8 @@ def run_job(params: Params, stage: str, name: str, cfg: TrainConfig, model: torc
     metrics = {k: info[k] for k in ("steps", "tokens", "cumulative_tokens", "parameters", "final_loss")}
     metrics.update(train_seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0,
                    mlflow_run_id=getattr(tracker, "run_id", ""), mfu=history[-1].get("mfu", 0.0),
-                   mfu_peak_flops=history[-1].get("peak_flops", 0.0), mfu_peak_source=history[-1].get("peak_source", ""))
+                   mfu_peak_flops=history[-1].get("peak_flops", 0.0), mfu_peak_source=history[-1].get("peak_source", ""),
+                   resumed_from=history[-1]["resumed_from"])
     write_json(P.train_metrics_file(name), metrics)
     write_rows(history, curve, CURVE_FIELDS)
     write_rows(probes or [{"step": 0}], P.PLOTS / "capability" / f"{name.replace('/', '_')}.csv")  # a DVC output either way

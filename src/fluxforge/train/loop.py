@@ -105,13 +105,16 @@ def train(
     export: dict | None = None,
     anneal: bool = True,
 ) -> list[dict]:
-    """Train in place and return the logged history (step, loss, lr, tokens, elapsed, tokens/s, MFU).
+    """Train in place and return the logged history (step, loss, lr, tokens, elapsed, tokens/s, MFU, resumed_from).
 
     If ``checkpoint_dir`` holds a checkpoint of this same run (same fingerprint), training resumes
     from it: weights, optimizer, scheduler, grad scaler, RNG and step are restored, and the sampler
     is a pure function of the step, so the continued run sees the same batches. Checkpoints are
     written every ``checkpoint_every`` steps (default ``cfg.checkpoint_every``), atomically, keeping
-    the last ``cfg.keep_checkpoints``.
+    the last ``cfg.keep_checkpoints``. Each history row's ``resumed_from`` is the step at which the process
+    that logged it started: 0 for a run trained from the start, the checkpoint's step for the rows a resumed
+    process adds (rows restored from the checkpoint keep theirs). Training is deterministic, so equal weights
+    cannot tell a resume from a silent restart; this can.
 
     ``init_state`` (from :func:`fluxforge.train.engine.load_trainer_state`) initialises a *new* run from
     another run's optimizer state, as ``cfg.init_mode`` says; a resumed checkpoint takes precedence.
@@ -199,7 +202,7 @@ def train(
             row = {"step": done, "loss": sum(values) / len(values), "lr": eng.lr(),
                    "tokens": done * tokens_per_step, "elapsed": now - t0, "tokens_per_s": tps,
                    "mfu": peak.utilisation(tps * flops_token) if peak else 0.0,
-                   **({"peak_flops": peak.flops, "peak_source": peak.source} if peak else {})}
+                   "resumed_from": start, **({"peak_flops": peak.flops, "peak_source": peak.source} if peak else {})}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
             if on_log is not None and eng.is_main:
