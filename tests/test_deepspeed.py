@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from fluxforge.train.engine import CONFIG_ENV, INFRA_CONFIGS, EngineError, deeps
 from fluxforge.train.loop import train
 from fluxforge.train.model import build_model
 from fluxforge.train.sampler import MixtureSampler
+from resume_proof import RecordingSampler, assert_resumed
 from tiny import TINY
 
 STAGES = (1, 2, 3)
@@ -187,9 +189,12 @@ def test_interrupted_zero3_run_resumes_from_its_deepspeed_checkpoint(runs, tmp_p
     state = json.loads((tmp_path / "deepspeed" / "state.json").read_text())
     assert state["tag"] == "step6"  # the newest complete tag; keep_checkpoints (2) tags are kept
     assert sorted(p.name for p in (tmp_path / "deepspeed").iterdir() if p.is_dir()) == ["step3", "step6"]
-    resumed = build_model(TINY, 64, 0, 1)
-    hist = train(resumed, sampler(), c, checkpoint_dir=tmp_path, checkpoint_every=3)
+    resumed, recording = build_model(TINY, 64, 0, 1), RecordingSampler(sampler())
+    hist = train(resumed, recording, c, checkpoint_dir=tmp_path, checkpoint_every=3)
     assert [r["step"] for r in hist] == list(range(1, 13))
+    # the engine started at tag step6 and trained only steps 6..11; that their losses equal the uninterrupted
+    # run's proves the tag's weights and optimizer state were loaded (a fresh engine at step 6 would differ)
+    assert_resumed(hist, recording.asked, at=6, steps=12)
     assert [r["loss"] for r in hist] == [r["loss"] for r in runs[3]["hist"]]  # resume is exact
     for (n, p), (_, q) in zip(runs[3]["model"].state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(p, q), n
@@ -240,3 +245,82 @@ def test_params_win_over_the_json_and_the_launcher_variable_selects_the_config(m
     assert ds["zero_optimization"]["stage"] == 3
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"]) == (8, 4, 0.25)
     assert ds["gradient_accumulation_steps"] == 1 and ds["bf16"] == {"enabled": True}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints as input
+class _Marker:
+    """Unpickling this calls ``open(path, "w")``: the marker file appears if a loader executes pickled code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return open, (str(self.path), "w")
+
+
+@pytest.fixture(scope="module")
+def zero3_checkpoint(tmp_path_factory, ds_env):
+    """A ZeRO-3 run (fp32) stopped after its step-3 checkpoint: (config, checkpoint folder) to copy and damage."""
+    folder = tmp_path_factory.mktemp("zero3-ckpt")
+    c = cfg(steps=5, deepspeed={"stage": 3, "config": fp32_config(3, folder)})
+    smp = sampler()
+    orig = smp.batch
+
+    def crash_at_4(step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return orig(step)
+
+    smp.batch = crash_at_4
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(TINY, 64, 0, 1), smp, c, checkpoint_dir=folder / "ckpt", checkpoint_every=3)
+    return c, folder / "ckpt"
+
+
+def _resume(c: TrainConfig, ckpt: Path) -> list[dict]:
+    return train(build_model(TINY, 64, 0, 1), sampler(), c, checkpoint_dir=ckpt, checkpoint_every=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["model_states", "optim_states"])
+def test_a_checkpoint_file_replaced_by_a_code_running_pickle_is_refused_and_never_runs(zero3_checkpoint, tmp_path, kind):
+    import shutil
+
+    c, original = zero3_checkpoint
+    ckpt = shutil.copytree(original, tmp_path / "ckpt")
+    (target,) = (ckpt / "deepspeed" / "step3").glob(f"*{kind}.pt")
+    marker, proof = tmp_path / "marker", tmp_path / "proof"
+    torch.save(_Marker(proof), tmp_path / "evil.pt")
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # what DeepSpeed's own loader would do: the payload is live
+    assert proof.exists()
+    torch.save(_Marker(marker), target)
+    with pytest.raises(EngineError, match=rf"{re.escape(str(target))}: refused or unreadable DeepSpeed checkpoint.*never pickled code"):
+        _resume(c, ckpt)
+    assert not marker.exists(), "the pickled code ran"
+
+
+@pytest.mark.slow
+def test_a_state_naming_a_missing_corrupt_or_foreign_tag_is_a_clear_error(zero3_checkpoint, tmp_path):
+    import shutil
+
+    c, original = zero3_checkpoint
+    assert [r["step"] for r in _resume(c, shutil.copytree(original, tmp_path / "good"))][-1] == 5  # the intact copy resumes
+    cases = {
+        "missing": (lambda s, d: {**s, "tag": "step9"}, r"names tag step9, but .*step9 does not exist"),
+        "escaping": (lambda s, d: {**s, "tag": "../../elsewhere"}, r"names tag '../../elsewhere', which is not a checkpoint tag"),
+        "other step": (lambda s, d: {**s, "step": 2}, r"step3 holds step 3, but .*state.json says 2"),
+        "not json": (None, r"state.json: not a checkpoint state written by FluxForge"),
+        "corrupt": ("truncate", r"optim_states.pt: refused or unreadable DeepSpeed checkpoint file"),
+    }
+    for name, (change, message) in cases.items():
+        ckpt = shutil.copytree(original, tmp_path / name.replace(" ", "_"))
+        state_file = ckpt / "deepspeed" / "state.json"
+        if change is None:
+            state_file.write_text("{oops")
+        elif change == "truncate":
+            (part,) = (ckpt / "deepspeed" / "step3").glob("*optim_states.pt")
+            part.write_bytes(part.read_bytes()[:200])
+        else:
+            state_file.write_text(json.dumps(change(json.loads(state_file.read_text()), ckpt)))
+        with pytest.raises(EngineError, match=message):
+            _resume(c, ckpt)

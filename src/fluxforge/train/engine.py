@@ -347,6 +347,52 @@ def init_distributed() -> None:
     deepspeed.init_distributed(verbose=False)  # gloo on CPU, nccl on CUDA: the accelerator's own backend
 
 
+_TAG = re.compile(r"step\d+")  # DeepSpeedEngine.save's tag names; state.json may name nothing else
+
+
+def deepspeed_pickled_types() -> list[type]:
+    """The only non-tensor types DeepSpeed's ZeRO 1/2/3 checkpoints hold (fp32 and bf16; DeepSpeed 0.19), found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint``: plain records, no code to run."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def tensors_only_checkpoint_engine(engine) -> object:  # noqa: ANN001 - a deepspeed.DeepSpeedEngine
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` instead of unpickling anything.
+
+    DeepSpeed reads every checkpoint file through ``engine.checkpoint_engine.load``, which calls
+    ``torch.load(..., weights_only=False)``: a replaced file would run its code on resume. This engine
+    writes the same files but reads only tensors, plain containers and :func:`deepspeed_pickled_types`;
+    anything else is refused with an :class:`EngineError` naming the file. A ZeRO JSON that chooses another
+    writer (``checkpoint.writer``, DataStates) or universal checkpoints (read with their own ``torch.load``)
+    is refused, because those paths unpickle around this hook.
+    """
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine or engine.load_universal_checkpoint():
+        raise EngineError(f"the ZeRO JSON's \"checkpoint\" block selects {type(engine.checkpoint_engine).__name__}"
+                          f"{' with universal checkpoints' if engine.load_universal_checkpoint() else ''}, whose loader "
+                          "unpickles arbitrary objects; remove the block (FluxForge loads checkpoints tensors-only)")
+
+    class TensorsOnly(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None) -> object:  # noqa: ANN001 - DeepSpeed's signature
+            try:
+                with torch.serialization.safe_globals(deepspeed_pickled_types()):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as err:  # noqa: BLE001 - truncated, garbage, or a pickle that is not plain data
+                first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                raise EngineError(f"{path}: refused or unreadable DeepSpeed checkpoint file ({first}). Only tensors "
+                                  "and DeepSpeed's plain records are loaded, never pickled code; delete the "
+                                  "checkpoint folder to start the run over") from None
+
+    safe = TensorsOnly()
+    safe.__dict__.update(vars(engine.checkpoint_engine))  # the writer's own settings (serialization format) kept
+    return safe
+
+
 class DeepSpeedEngine:
     """ZeRO 1/2/3 around the caller's module; the same optimizer, schedule and clipping as :class:`PlainEngine`."""
 
@@ -372,6 +418,7 @@ class DeepSpeedEngine:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                              config=self.config)
+        self.engine.checkpoint_engine = tensors_only_checkpoint_engine(self.engine)
         self.model = self.engine
         self.device = self.engine.device if isinstance(self.engine.device, torch.device) else torch.device(self.engine.device)
         log.info("DeepSpeed ZeRO-%d, rank %d of %d, micro-batch %d", self.config["zero_optimization"]["stage"],
@@ -434,23 +481,42 @@ class DeepSpeedEngine:
             tmp = root / "state.json.tmp"
             tmp.write_text(json.dumps({**meta, "tag": tag}))
             os.replace(tmp, root / "state.json")
-            tags = sorted((d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"step\d+", d.name)),
+            tags = sorted((d for d in root.iterdir() if d.is_dir() and _TAG.fullmatch(d.name)),
                           key=lambda d: int(d.name[4:]))
             for old in tags[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
     def load(self, ckpt_dir: Path, fingerprint: str) -> dict | None:
+        """Resume from the tag ``state.json`` names; every file of it is read tensors-only (no pickled code runs).
+
+        A tag that is missing, not this run's (``step<N>``), unreadable, or holding another step than
+        ``state.json`` says is an error naming the file: resuming from the wrong state, or silently starting
+        over, would both be worse than stopping.
+        """
         state_file = ckpt_dir / "deepspeed" / "state.json"
         if not state_file.exists():
             return None
-        state = json.loads(state_file.read_text())
+        try:
+            state = json.loads(state_file.read_text())
+            tag, step = state["tag"], int(state["step"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            raise EngineError(f"{state_file}: not a checkpoint state written by FluxForge ({err!r}); delete "
+                              f"{ckpt_dir} to start the run over") from None
         if state.get("fingerprint") != fingerprint:
             log.warning("ignoring checkpoint %s: it was written by a run with another configuration", state_file)
             return None
-        path, _ = self.engine.load_checkpoint(str(state_file.parent), tag=state["tag"])
+        restart = f"delete {ckpt_dir} to start the run over"
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise EngineError(f"{state_file} names tag {tag!r}, which is not a checkpoint tag (step<N>); {restart}")
+        if not (state_file.parent / tag).is_dir():
+            raise EngineError(f"{state_file} names tag {tag}, but {state_file.parent / tag} does not exist; {restart}")
+        path, _ = self.engine.load_checkpoint(str(state_file.parent), tag=tag)
         if path is None:
-            raise EngineError(f"{state_file} names tag {state['tag']}, which DeepSpeed could not load")
+            raise EngineError(f"{state_file} names tag {tag}, which DeepSpeed could not load; {restart}")
+        if self.engine.global_steps != step:
+            raise EngineError(f"{state_file.parent / tag} holds step {self.engine.global_steps}, but {state_file} "
+                              f"says {step}; {restart}")
         return state
 
     def finish(self) -> None:
