@@ -70,6 +70,36 @@ def test_unreachable_store_or_missing_bucket_is_one_clear_error(s3_env, monkeypa
         read_source(Source(name="feed", format="jsonl", path=f"s3://{bucket}/landing/"))
 
 
+def test_keys_that_would_leave_the_staging_folder_are_rejected_by_name_and_counted(s3_env):
+    """Whoever can write to the bucket chooses the keys; a key is staged as <staging>/<key>, so '..' or a
+    leading '/' would write anywhere on this machine. Such objects are never downloaded, only rejected."""
+    from fluxforge.data.ledger import Ledger
+
+    client, _, tmp = s3_env
+    bucket = "hostile-keys"
+    client.create_bucket(Bucket=bucket)
+    # each lands inside this test's folder if staged naively, so a broken guard shows up below and harms nothing
+    hostile = ["../escaped.jsonl", "feed/../../../escaped-2.jsonl", f"{tmp.resolve()}/absolute.jsonl",
+               "feed/a/../../../../escaped-3.jsonl"]
+    for key in ["feed/ok.jsonl", *hostile]:
+        client.put_object(Bucket=bucket, Key=key, Body=_doc(len(key)).encode())
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert set(hostile) <= listed, f"the store normalised a key: {listed}"  # else the test would prove nothing
+    src = Source(name="feed", format="jsonl", path=f"s3://{bucket}/", domain="cyber")
+    kept, rejected, n_read = read_source(src)
+    ledger = Ledger("ingest")
+    ledger.add(kept, rejected, n_read)
+    ledger.check()
+    assert (len(kept), n_read) == (1, 5) and set(rejected["reason"]) == {"unsafe_key"}
+    assert ledger.to_dict()["rejected_by_reason"] == {"unsafe_key": 4}
+    metas = [json.loads(m) for m in rejected["meta"]]
+    assert sorted(m["origin"] for m in metas) == sorted(f"s3://{bucket}/{k}" for k in hostile)
+    for meta in metas:
+        assert meta["error"].startswith(meta["origin"]) and ("'..'" in meta["error"] or "absolute" in meta["error"])
+    written = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*.jsonl")}
+    assert written == {"data/.s3-staging/feed/feed/ok.jsonl"}, written
+
+
 def _parquet(rows: range) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.table({"body": [f"Report {i} on the Zorvex Gateway." for i in rows],

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from fluxforge.config.base import ParamsError
 from fluxforge.config.params import Params
 from fluxforge.errors import FluxForgeError
+from fluxforge.paths import UnsafeNameError, within
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,6 +107,8 @@ def read_yaml(path: Path | str, kind: FileKind = PARAMS_FILE) -> dict[str, Any]:
         raise kind.error(f"{path}: not valid YAML: {err}") from None
     if raw is None and kind.empty_is_mapping:
         return {}
+    if raw is None:
+        raise kind.error(f"{path}: the file is empty (nothing but blanks or comments); expected {kind.top}")
     if not isinstance(raw, dict):
         raise kind.error(f"{path}: expected {kind.top}, got {type(raw).__name__}")
     return raw
@@ -257,8 +260,13 @@ def profile_path(profile: str | Path, root: Path | str = ".") -> Path:
     """The overlay file of ``profile``: a name (``tiny`` = ``<root>/profiles/tiny.yaml``) or a path (from ``root``)."""
     root = Path(root)
     text = str(profile)
-    path = Path(text) if "/" in text or text.endswith((".yaml", ".yml")) else Path("profiles") / f"{text}.yaml"
-    path = path if path.is_absolute() else root / path
+    if "/" in text or text.endswith((".yaml", ".yml")):
+        path = Path(text) if Path(text).is_absolute() else root / text
+    else:
+        try:
+            path = within(root / "profiles", f"{text}.yaml")  # a name stays a file of profiles/
+        except UnsafeNameError as err:
+            raise ParamsError(f"params profile {text!r} is not a profile name: {err.why}") from None
     if not path.is_file():
         names = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
         raise ParamsError(f"params profile {path} does not exist (profiles in {root / 'profiles'}: {', '.join(names) or 'none'})")

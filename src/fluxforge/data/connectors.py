@@ -44,6 +44,8 @@ BAD_COLUMNS = [*RAW_SCHEMA.names, "reason", "stage"]
 DOC_COLUMNS = [c for c in RAW_SCHEMA.names if c != "id"]  # ids are computed in _finish
 SHOWN_CHARS = 10_000  # text kept for a row rejected as unreadable; too_long rows keep all of it
 PARQUET_BATCH = 65_536
+# what pyarrow raises for bytes that are not (or no longer) Parquet: bad magic, thrift, pages, names not UTF-8
+PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError)
 
 
 class IngestError(FluxForgeError, ValueError):
@@ -60,10 +62,19 @@ class Part:
 
 
 # ----------------------------------------------------------------------------- entry point
-def read_files(src: Source, inputs: Sequence[tuple[Path, str]]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Read ``(local file, name for messages)`` pairs of ``src`` into (documents, rejected rows, records read)."""
+def read_files(src: Source, inputs: Sequence[tuple[Path, str]],
+               refused: Sequence[tuple[str, str]] = ()) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Read ``(local file, name for messages)`` pairs of ``src`` into (documents, rejected rows, records read).
+
+    ``refused`` are ``(name, why)`` of inputs that were not read because their name is unsafe (an S3 key that
+    would leave the staging folder): each is one record read and one row rejected as ``unsafe_key``.
+    """
     reader = READERS[src.format]
-    kept, rejected, n_read = [], [], 0
+    kept, rejected, n_read = [], [], len(refused)
+    if refused:
+        rejected.append(pd.DataFrame([_bad(src.name, name, b"", "unsafe_key", f"{name}: {why}; not downloaded, "
+                                           "it would be written outside the staging folder") for name, why in refused],
+                                     columns=BAD_COLUMNS))
     for file, label in inputs:
         sub = f"{src.name}/{file.stem}" if src.format == "world" else src.name
         part = reader(src, Path(file), label, sub)
@@ -101,7 +112,12 @@ def _utc(value: str) -> pd.Timestamp:
 
 # ----------------------------------------------------------------------------- jsonl (and world)
 def read_jsonl(src: Source, file: Path, label: str, sub: str) -> Part:
-    """One JSON object per line; ``.gz`` files are gunzipped. A broken gzip stream keeps the lines before it."""
+    """One JSON object per line; ``.gz`` files are gunzipped.
+
+    A gzip stream cut short keeps the lines before the cut (they are intact). A corrupt one (bad deflate data or
+    checksum) keeps none: bytes decoded before the error may already be wrong, so every line it gave is
+    rejected as ``corrupt_gzip`` with its text, as is the break itself.
+    """
     rows, bad, n_read, lineno = [], [], 0, 0
     id_key = src.id_field or "doc_id"
     opener: Callable = gzip.open if file.name.endswith(".gz") else open
@@ -119,6 +135,9 @@ def read_jsonl(src: Source, file: Path, label: str, sub: str) -> Part:
             bad.append(_bad(sub, f"{label}:{lineno + 1}", b"", "truncated_gzip", str(err)))
         except (gzip.BadGzipFile, zlib.error) as err:
             n_read += 1
+            why = f"the gzip stream is corrupt at line {lineno + 1} ({err}); no line of {label} can be trusted"
+            bad += [_bad(sub, json.loads(r["meta"])["origin"], r["text"].encode(), "corrupt_gzip", why) for r in rows]
+            rows = []
             bad.append(_bad(sub, f"{label}:{lineno + 1}", b"", "corrupt_gzip", str(err)))
     if n_read == 0:
         return _empty(sub, label)
@@ -210,21 +229,38 @@ def read_parquet(src: Source, file: Path, label: str, sub: str) -> Part:
         return _empty(sub, label)
     try:
         pf = pq.ParquetFile(file)
-    except (pa.ArrowInvalid, OSError) as err:
+        schema = pf.schema_arrow
+    except PARQUET_ERRORS as err:
         raise IngestError(f"source '{src.name}': {label} is not a readable Parquet file: {err}") from None
-    names = _needed_columns(src, label, pf.schema_arrow.names)
-    text_type = pf.schema_arrow.field(src.text_field).type
+    names = _needed_columns(src, label, schema.names)
+    text_type = schema.field(src.text_field).type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
             or pa.types.is_large_binary(text_type)):
         raise IngestError(f"source '{src.name}': {label}: column '{src.text_field}' holds {text_type}, not text")
     if pf.metadata.num_rows == 0:
         return _empty(sub, label)
     parts, start = [], 1
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=names):
+    for batch in _parquet_batches(src, pf, names, label):
         table = pa.Table.from_batches([batch])
         parts.append(_table_part(src, file, label, sub, table, np.arange(start, start + table.num_rows)))
         start += table.num_rows
     return Part(_concat([p.docs for p in parts], DOC_COLUMNS), _concat([p.bad for p in parts], BAD_COLUMNS), start - 1)
+
+
+def _parquet_batches(src: Source, pf, names: list[str], label: str) -> Iterator[pa.RecordBatch]:  # noqa: ANN001
+    """The file's record batches; a damaged page or footer stops ingest naming the file (its rows cannot be
+    counted, so they cannot be rejected one by one)."""
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH, columns=names)
+    read = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except PARQUET_ERRORS as err:
+            raise IngestError(f"source '{src.name}': {label} is a damaged Parquet file (after row {read}): {err}") from None
+        read += batch.num_rows
+        yield batch
 
 
 def read_csv(src: Source, file: Path, label: str, sub: str, delimiter: str = ",") -> Part:
@@ -266,13 +302,16 @@ def read_tsv(src: Source, file: Path, label: str, sub: str) -> Part:
 
 
 def _csv_header(file: Path, label: str, delimiter: str) -> list[str]:
+    """The column names of the first row that is not empty, as pyarrow finds it (rows end at \\n, \\r\\n or \\r)."""
     with open(file, "rb") as fh:
-        first = fh.readline()
+        first = next((part for line in fh for part in line.rstrip(b"\n").split(b"\r") if part), b"")
     try:
         line = first.decode("utf-8-sig")
+        return [c for c in next(csv.reader([line], delimiter=delimiter), []) if c.strip()] if line.strip() else []
     except UnicodeDecodeError:
         raise IngestError(f"{label}: the header row is not valid UTF-8") from None
-    return [c for c in next(csv.reader([line], delimiter=delimiter), []) if c.strip()] if line.strip() else []
+    except csv.Error as err:
+        raise IngestError(f"{label}: the header row cannot be parsed ({err})") from None
 
 
 def _needed_columns(src: Source, label: str, have: list[str]) -> list[str]:
@@ -342,11 +381,12 @@ def _meta_column(src: Source, table: pa.Table, where: pd.Series) -> pd.Series:
 def _text_column(col: pa.ChunkedArray) -> tuple[pd.Series, np.ndarray]:
     """A column as Python strings and a mask of the values that are not UTF-8 (decoded with U+FFFD for display)."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return col.to_pandas().astype(object), np.zeros(len(col), dtype=bool)
-    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        # a Parquet string column is not checked by its reader: re-read its bytes, so that each value is validated
+        col = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())
+    elif not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
         return col.cast(pa.string()).to_pandas().astype(object), np.zeros(len(col), dtype=bool)
     try:
-        return pc.cast(col, pa.string()).to_pandas().astype(object), np.zeros(len(col), dtype=bool)
+        return pc.cast(col, pa.large_string()).to_pandas().astype(object), np.zeros(len(col), dtype=bool)
     except pa.ArrowInvalid:
         pass  # some value is not UTF-8: find which, one by one
     values, bad = [], np.zeros(len(col), dtype=bool)

@@ -7,15 +7,19 @@ only from the environment, an AWS profile or a role (boto3's own chain), never f
 botocore retries throttling, 5xx answers and connection errors itself ("standard" mode: 5 attempts,
 exponential backoff with full jitter, capped at 20 s; FLUXFORGE_S3_MAX_ATTEMPTS changes the count).
 When the attempts are spent, the caller gets one :class:`DataError` naming the URL and the endpoint.
+A key is a name chosen by whoever writes to the bucket: one that is absolute or climbs with ``..`` would be
+written outside the staging folder, so it is never downloaded but returned as refused, with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluxforge.errors import DataError
+from fluxforge.paths import UnsafeNameError, within
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -94,11 +98,18 @@ def download_head(url: str, key: str, dest: Path, max_bytes: int | None = None) 
     return dest
 
 
-def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
-                 page_size: int = 1000) -> list[tuple[Path, str]]:
+@dataclass
+class Staged:
+    """The objects of a prefix: (local copy, s3 URL) sorted by key, and (s3 URL, why) for keys refused unread."""
+
+    files: list[tuple[Path, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",), page_size: int = 1000) -> Staged:
     """Download every object under ``url`` whose key ends with one of ``suffixes`` into ``dest``.
 
-    Returns (local path, s3 URL) sorted by key; the local copy is ``dest/<key>``.
+    The local copy is ``dest/<key>``; a key that would land outside ``dest`` is refused, not downloaded.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -106,7 +117,7 @@ def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
     dest = Path(dest)
     manifest_file = dest / ".manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    s3, staged = client(), []
+    s3, staged = client(), Staged()
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
                                                              PaginationConfig={"PageSize": page_size})
@@ -115,17 +126,22 @@ def stage_prefix(url: str, dest: Path, suffixes: tuple[str, ...] = (".jsonl",),
                 key = obj["Key"]
                 if not key.endswith(tuple(suffixes)):
                     continue
-                local = dest / key
+                try:
+                    local = within(dest, key)
+                except UnsafeNameError as err:
+                    staged.refused.append((f"s3://{bucket}/{key}", err.why))
+                    continue
                 if manifest.get(key) != obj["ETag"] or not local.exists():
                     local.parent.mkdir(parents=True, exist_ok=True)
                     tmp = local.with_name(local.name + ".part")
                     s3.download_file(bucket, key, str(tmp))
                     os.replace(tmp, local)
                     manifest[key] = obj["ETag"]
-                staged.append((local, f"s3://{bucket}/{key}"))
+                staged.files.append((local, f"s3://{bucket}/{key}"))
     except (BotoCoreError, ClientError) as err:
         raise unreadable(url, err) from None
     finally:
         dest.mkdir(parents=True, exist_ok=True)
         manifest_file.write_text(json.dumps(manifest, indent=1))
-    return sorted(staged, key=lambda s: s[1])
+    staged.files.sort(key=lambda s: s[1])
+    return staged

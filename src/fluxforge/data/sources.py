@@ -27,15 +27,18 @@ from fluxforge.data.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-def source_inputs(src: Source) -> list[tuple[Path, str]]:
-    """(local file, the name error messages use) for every input of a source; S3 prefixes are staged first."""
+def source_inputs(src: Source) -> s3.Staged:
+    """(local file, the name error messages use) for every input of a source; S3 prefixes are staged first,
+    and their objects whose keys would leave the staging folder come back refused (URL, why), unread."""
     if src.path.startswith("s3://"):
         suffixes = SUFFIXES[src.format]
         staged = s3.stage_prefix(src.path, staging_dir(src), suffixes)
-        if not staged:
+        for url, why in staged.refused:
+            log.warning("source '%s': %s is not downloaded: %s", src.name, url, why)
+        if not staged.files and not staged.refused:
             raise IngestError(f"source '{src.name}': no {' / '.join(suffixes)} objects under {src.path}")
         return staged
-    return [(f, str(f)) for f in source_files(src)]
+    return s3.Staged([(f, str(f)) for f in source_files(src)])
 
 
 def staging_dir(src: Source) -> Path:
@@ -46,7 +49,7 @@ def staging_dir(src: Source) -> Path:
 def source_files(src: Source) -> list[Path]:
     """The local files of a source: a file, a glob, a folder (files ending like the format's), or staged S3 objects."""
     if src.path.startswith("s3://"):
-        return [f for f, _ in source_inputs(src)]
+        return [f for f, _ in source_inputs(src).files]
     if src.format == "world":
         root = Path(src.path) / "sources"
         files = sorted(root.glob("*.jsonl"))
@@ -101,11 +104,11 @@ def read_source(src: Source, files: list[Path] | None = None) -> tuple[pd.DataFr
     ``files`` reads only those files of the source (from :func:`source_files`), e.g. one shard of it;
     duplicates are then found within those files only.
     """
-    inputs = source_inputs(src) if files is None else [(Path(f), _label(src, Path(f))) for f in files]
-    missing = [str(f) for f, _ in inputs if not f.is_file()]
+    inputs = source_inputs(src) if files is None else s3.Staged([(Path(f), _label(src, Path(f))) for f in files])
+    missing = [str(f) for f, _ in inputs.files if not f.is_file()]
     if missing:
         raise IngestError(f"source '{src.name}': input file(s) not found: {', '.join(missing[:5])}")
-    return read_files(src, inputs)
+    return read_files(src, inputs.files, inputs.refused)
 
 
 def _label(src: Source, file: Path) -> str:

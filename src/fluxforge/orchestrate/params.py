@@ -35,6 +35,9 @@ def _apply(target: Path, root: Path, profile: str | None, overrides: Sequence[st
 
     changed = []
     overlay = profile_path(profile, root) if profile else None
+    if overlay and not overlay.resolve().is_relative_to(root.resolve()):  # a flow parameter: it comes from outside
+        raise ParamsError(f"profile {profile}: {overlay} is outside the repository {root}; a refresh takes its "
+                          "profiles from the repository it commits")
     if (overlay and overlay.resolve() != target.resolve()) or overrides:
         with modify_yaml(target) as params:
             if overlay and overlay.resolve() != target.resolve():

@@ -41,6 +41,7 @@ from fluxforge.config import ModelConfig
 from fluxforge.data.tokenize import load_pretrained_tokenizer, load_tokenizer, read_index
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir, write_json
+from fluxforge.paths import UnsafeNameError, within
 
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),
@@ -206,10 +207,14 @@ def weight_files(path: Path) -> list[Path]:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise ModelLoadError(f"{index}: not a valid safetensors index ({err!r})") from err
-        missing = [n for n in names if not (path / n).exists()]
+        try:
+            shards = [within(path, n) for n in names]  # names from a downloaded file: they stay in the directory
+        except (UnsafeNameError, TypeError) as err:
+            raise ModelLoadError(f"{index}: weight_map names a shard outside the model directory ({err})") from None
+        missing = [n for n, f in zip(names, shards, strict=True) if not f.is_file()]
         if missing:
             raise ModelLoadError(f"{index}: lists shards that are missing: {missing}")
-        return [path / n for n in names]
+        return shards
     files = sorted(path.glob("*.safetensors"))
     if files:
         return files
