@@ -117,7 +117,7 @@ def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path):
     with pytest.raises(ParamsError, match=r"params.yaml: expected a mapping of sections at the top level, got list"):
         load_params(path)
     path.write_text("")
-    with pytest.raises(ParamsError, match="got NoneType"):
+    with pytest.raises(ParamsError, match=r"params.yaml: the file is empty .nothing but blanks or comments.; expected a mapping"):
         load_params(path)
 
 
