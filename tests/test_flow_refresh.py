@@ -145,3 +145,15 @@ def test_a_gpu_stage_runs_through_the_gpu_pool_on_a_worker(prefect_api, tmp_path
     assert run.work_pool_name == "fluxforge-gpu"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert "world" in lock["stages"] and (repo / "data" / "world").is_dir()
+
+
+def test_a_stage_name_from_outside_that_starts_with_a_dash_never_reaches_dvc(prefect_api, tmp_path):
+    """The GPU flow's `stage` is a deployment parameter: '--help' or '--dry' would be options to `dvc repro`."""
+    from fluxforge.orchestrate.dag import DagError
+    from fluxforge.orchestrate.flows import gpu_stage
+
+    repo = make_repo(tmp_path / "dash")
+    for name in ("--help", "--dry"):
+        with pytest.raises(DagError, match=rf"no stage '{name}' in .*dvc.yaml \(stages: world, ingest"):
+            gpu_stage(str(repo), name)
+    assert not (repo / "dvc.lock").exists() and not (repo / ".dvc" / "tmp" / "repro.dat").exists()
