@@ -13,11 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with this environment's executables first on PATH (stage commands call `python`)."""
+def repo_env() -> dict[str, str]:
+    """This environment with its executables first on PATH (stage commands call `python`), no progress bars,
+    and no tracking URI (a repository's stages log to its own params' store)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in :func:`repo_env`; a failure shows the end of its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=repo_env(), capture_output=True, text=True)
     if check and proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
