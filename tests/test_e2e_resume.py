@@ -55,7 +55,7 @@ def _checkpoint_steps(folder: Path) -> list[int]:
 
 
 def _stage_process(dvc: subprocess.Popen) -> psutil.Process:
-    found = [p for p in psutil.Process(dvc.pid).children(recursive=True) if "stages.pretrain" in " ".join(p.cmdline())]
+    found = [p for p in psutil.Process(dvc.pid).children(recursive=True) if "stages.pretrain" in p.cmdline()]  # python -m stages.pretrain, not its sh -c
     assert len(found) == 1, f"expected the stage's one python process under dvc, found {found}"
     return found[0]
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fluxforge.orchestrate import storage
+from fluxforge.orchestrate import retry, storage
 from fluxforge.orchestrate.storage import StorageError
 from fluxforge.track import servers
 from pipeline_repo import run
@@ -162,7 +162,7 @@ def test_retry_policy_on_dvc_output(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return subprocess.CompletedProcess(argv, rc, "" if rc else text, text if rc else "")
 
     monkeypatch.setattr(storage, "subprocess", SimpleNamespace(run=dvc, DEVNULL=subprocess.DEVNULL))
-    monkeypatch.setattr(storage.time, "sleep", slept.append)
+    monkeypatch.setattr(retry.time, "sleep", slept.append)
 
     outputs[:] = [(1, "ERROR: failed to push data to the cloud - An error occurred (SlowDown) when calling the PutObject "
                       "operation (reached max retries: 4): Please reduce your request rate."), (0, "3 files pushed")]

@@ -9,6 +9,7 @@ message a person must read. tenacity does the bookkeeping; each retry is logged 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -28,4 +29,5 @@ def retrying(tries: int, backoff: float, transient: Callable[[BaseException], bo
                     state.next_action.sleep if state.next_action else 0.0)
 
     return Retrying(stop=stop_after_attempt(tries), wait=wait_exponential(multiplier=backoff, min=0),
-                    retry=retry_if_exception(transient), reraise=True, before_sleep=before_sleep)
+                    retry=retry_if_exception(transient), reraise=True, before_sleep=before_sleep,
+                    sleep=lambda seconds: time.sleep(seconds))  # looked up per call: tests replace time.sleep
