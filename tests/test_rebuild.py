@@ -68,6 +68,8 @@ def test_once_committed_the_champion_rebuilds_identically(repo):
     lock = yaml.safe_load(run(["git", "show", f"{commit}:dvc.lock"], repo).stdout)
     model = next(o["md5"] for o in lock["stages"]["continual@cyber"]["outs"] if o["path"] == "models/continual/cyber")
     assert json.loads(tags["fluxforge.lineage"])[0]["outs"]["models/continual/cyber"] == model
+    lineage = _fluxforge(repo, "lineage", f"{NAME}@champion").stdout
+    assert f"code         git {commit[:12]}\n  rebuild      fluxforge rebuild {NAME}/{version}\n" in lineage
 
     done = _fluxforge(repo, "rebuild", f"{NAME}@champion")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -200,11 +200,13 @@ def record_version_commit(root: str, name: str, version: str) -> dict:
     The register stage ran before that commit existed, from a tree DVC was still writing; ``record_commit``
     checks that the commit holds exactly what produced the version before the registry says so.
     """
+    from fluxforge.orchestrate.experiment import absolute_tracking_uri
     from fluxforge.track.lineage import LineageError, record_commit
     from fluxforge.track.runs import tracking_uri
 
+    uri = absolute_tracking_uri(tracking_uri(load_params(Path(root) / "params.yaml")), Path(root))  # the stages' store
     try:
-        commit = record_commit(name, version, root, tracking_uri(load_params(Path(root) / "params.yaml"), root))
+        commit = record_commit(name, version, root, uri)
     except LineageError as err:
         get_run_logger().warning("%s v%s is not rebuildable: %s", name, version, err)
         return {"rebuildable": False, "why": str(err)}

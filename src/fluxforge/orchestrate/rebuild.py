@@ -173,7 +173,31 @@ def _evaluation(where: Path, tags: Mapping[str, str]) -> Check:
     deltas = {k: now[k] - float(tags[f"eval.{k}"]) for k in EVAL_KEYS if f"eval.{k}" in tags}
     text = ", ".join(f"{k.replace('_', ' ')} {d:+.3g}" for k, d in deltas.items())  # 3 digits, but never "+0.00" for a change
     return Check("evaluation", "evaluate", tags.get("fluxforge.model_path", ev["final"]), bool(deltas) and not any(deltas.values()),
-                 f"Δ {text}")
+                 f"Δ {text}" if deltas else "the version records no evaluation numbers")
+
+
+def _fetch_inputs(where: Path) -> None:
+    """Every output the commit's dvc.lock names, from the DVC remote when there is one, else from the local cache."""
+    if storage.remote_url(where):
+        storage.pull(where)
+    else:
+        _dvc(where, "checkout", "--allow-missing")  # what is missing shows as such in the checks
+
+
+def _reruns(order: list[dag.Stage], chain: Mapping[str, dict], start: str, where: Path) -> list[dag.Stage]:
+    """The chain's stages from ``start`` on (``start`` and what depends on it), in DAG order."""
+    dag.get(start, where)  # a name from outside: a stage of dvc.yaml, never an option for `dvc`
+    if start not in chain:
+        raise RebuildError(f"{start} is not on the chain of the version ({', '.join(chain)})")
+    after = dag.downstream({start}, where)
+    return [st for st in order if st.name in chain and st.name in after]
+
+
+def _evaluation_inputs(order: list[dag.Stage], chain: Mapping[str, dict], where: Path) -> list[dag.Stage]:
+    """Stages off the chain whose outputs the evaluation reads (the student): their cache copies count too."""
+    deps = [Path(d) for d in dag.get("evaluate", where).deps]
+    return [st for st in order if st.name not in chain
+            and any(Path(o).is_relative_to(d) or d.is_relative_to(o) for d in deps for o in st.outs)]
 
 
 def rebuild(ref: str, root: Path | str = ".", from_stage: str | None = None, keep: bool = False,
@@ -181,39 +205,27 @@ def rebuild(ref: str, root: Path | str = ".", from_stage: str | None = None, kee
     """Rebuild ``ref`` (``NAME@ALIAS``, ``NAME/VERSION`` or a ``models:/`` URI) and compare; return every check."""
     import mlflow
 
-    root = Path(root).resolve()
     uri = ref if ref.startswith("models:/") else f"models:/{ref}"
     parse_models_uri(uri)
     name, version = version_of(uri)
     tags = mlflow.MlflowClient().get_model_version(name, version).tags or {}
     prov = provenance(name, version, tags)
     chain = {link["stage"]: link["outs"] for link in prov.chain}
-    with worktree(root, prov.commit, keep) as where:
+    checks: list[Check] = []
+
+    def record(check: Check) -> None:
+        checks.append(check)
+        echo(check.line())
+
+    with worktree(Path(root).resolve(), prov.commit, keep) as where:
         order = dag.read(where)
-        start = from_stage or _first_training_stage(order, chain)
-        dag.get(start, where)  # a name from outside: a stage of dvc.yaml, never an option for `dvc`
-        if start not in chain:
-            raise RebuildError(f"{start} is not on the chain of {name} v{version} ({', '.join(chain)})")
-        after = dag.downstream({start}, where)
-        rerun = [st for st in order if st.name in chain and st.name in after]
+        rerun = _reruns(order, chain, from_stage or _first_training_stage(order, chain), where)
         echo(f"{name} v{version}: rebuilding {', '.join(st.name for st in rerun)} at commit {prov.commit[:12]}"
              + (f" in {where}" if keep else ""))
         lock = yaml.safe_load((where / "dvc.lock").read_text()) or {}
-        if storage.remote_url(where):
-            storage.pull(where)
-        else:
-            _dvc(where, "checkout", "--allow-missing")
-        evaluate = dag.get("evaluate", where)
-        feeds = [st for st in order if st.name not in chain and any(Path(o).is_relative_to(d) or Path(d).is_relative_to(o)
-                                                                    for d in evaluate.deps for o in st.outs)]
-        checks: list[Check] = []
-
-        def record(check: Check) -> None:
-            checks.append(check)
-            echo(check.line())
-
+        _fetch_inputs(where)
         originals = where.parent / "original"
-        for st in [*(st for st in order if st.name in chain), *feeds]:
+        for st in [*(st for st in order if st.name in chain), *_evaluation_inputs(order, chain, where)]:
             expected = chain.get(st.name) or locked_outs(lock, st.name)
             for path in st.outs:
                 record(_compare_out("cache copy", st.name, path, expected.get(path, ""), where, None))
@@ -222,7 +234,7 @@ def rebuild(ref: str, root: Path | str = ".", from_stage: str | None = None, kee
                     shutil.move(where / path, originals / path)
         trusted = {c.subject for c in checks if c.identical}
         failed = None
-        for st in rerun:
+        for st in rerun:  # after a failure, the stages that would read its output are not run
             failed = failed or (f"{st.name} failed: {why}" if (why := _repro(where, st.name)) else None)
             for path in st.outs:
                 record(Check("rebuilt", st.name, path, False, failed) if failed else _compare_out(

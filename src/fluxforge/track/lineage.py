@@ -195,11 +195,11 @@ def record_commit(name: str, version: str, root: Path | str = ".", tracking_uri:
     if wrong:
         raise LineageError(f"{name} v{version}: commit {commit[:12]}'s dvc.lock does not hold the outputs the version "
                            f"was registered with ({', '.join(wrong)})")
-    with Repo(str(root)) as repo:
-        stale = repo.status(targets=[link["stage"] for link in chain])
+    with Repo(str(root)) as repo:  # DVC resolves stage targets against the cwd: ask for all, keep the chain's
+        stale = {k.rsplit(":", 1)[-1] for k in repo.status()} & {link["stage"] for link in chain}
     if stale:
         raise LineageError(f"{name} v{version}: at commit {commit[:12]} DVC does not see the chain up to date "
-                           f"({', '.join(k.rsplit(':', 1)[-1] for k in stale)}); the commit would not reproduce it")
+                           f"({', '.join(sorted(stale))}); the commit would not reproduce it")
     before = f"{tags.get('git_commit', 'unknown')}" + (f" dirty, diff sha256 {tags['git_diff_sha256']}"
                                                       if tags.get("git_diff_sha256") else "")
     for key, value in {"git_commit": commit, "git_dirty": "false", "git_commit.at_registration": before}.items():

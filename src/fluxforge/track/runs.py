@@ -20,14 +20,8 @@ from fluxforge.track.lineage import dvc_stage_hash, git_commit
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(params: Params, root: Path | str | None = None) -> str:
-    """The store stages log to: $MLFLOW_TRACKING_URI, else the params'; a relative SQLite path made absolute
-    against ``root`` (the repository the stages run in) when the caller runs elsewhere."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
-    path = uri.removeprefix("sqlite:///")
-    if root is not None and uri.startswith("sqlite:///") and not Path(path).is_absolute():
-        return f"sqlite:///{(Path(root) / path).resolve()}"
-    return uri
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
 
 
 def use_store(uri: str) -> str:
