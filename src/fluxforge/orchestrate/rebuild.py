@@ -125,9 +125,13 @@ def worktree(root: Path, commit: str, keep: bool) -> Iterator[Path]:
 
 
 def _env(where: Path) -> dict[str, str]:
-    """Stages run the commit's code (its src/ first on the path), this environment's tools, a scratch MLflow store."""
-    bindir = str(Path(sys.executable).parent)  # stage commands call `python`: use this environment's
-    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+    """Stages run the commit's code (its src/ first on the path), this environment's tools, a scratch MLflow store.
+
+    A stage command is `stages/python -m ...` (which takes FLUXFORGE_PYTHON), or `python -m ...` in older commits.
+    """
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLUXFORGE_PYTHON": sys.executable, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1",
             "PYTHONPATH": os.pathsep.join([str(where / "src"), str(where)]), "FLUXFORGE_PROGRESS": "0",
             "MLFLOW_TRACKING_URI": f"sqlite:///{where.parent / 'rebuild-mlflow.db'}"}
 
