@@ -3,10 +3,14 @@
 import json
 import logging
 
+import pandas as pd
+
 from fluxforge import paths as P
 from fluxforge.config import Params
+from fluxforge.eval.stats import mcnemar_one_sided
 from fluxforge.io import write_json
 from fluxforge.runtime import stage
+from fluxforge.track.gate import question_results
 from fluxforge.track.registry import register_and_gate
 
 log = logging.getLogger("fluxforge.stage.register")
@@ -15,7 +19,8 @@ log = logging.getLogger("fluxforge.stage.register")
 @stage
 def main(params: Params) -> None:
     ev = json.loads((P.METRICS / "eval.json").read_text())
-    decision = register_and_gate(params, ev)
+    correct = question_results(pd.read_parquet(P.REPORTS / "eval_questions.parquet"), ev["final"])
+    decision = register_and_gate(params, ev, correct, paired_test=mcnemar_one_sided)
     write_json(P.METRICS / "register.json", decision)
     log.info("register: %s version %s is challenger; promoted to champion: %s", decision["model_name"],
              decision["version"], decision["promoted"])

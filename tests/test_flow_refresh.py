@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -49,6 +50,18 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     log = subprocess.run(["git", "log", "-1", "--format=%s", "--name-only"], cwd=flow_repo, capture_output=True, text=True).stdout
     assert log.startswith("refresh: fluxforge-lm v1 (champion)") and "dvc.lock" in log
     assert result["commit"] and result["model"]["promoted"] is True
+
+    # the version points at that commit, which holds its params and its dvc.lock: it can be rebuilt from it
+    import mlflow
+
+    tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{flow_repo / 'mlflow.db'}").get_model_version("fluxforge-lm", "1").tags
+    assert tags["git_commit"] == result["commit"] and tags["git_dirty"] == "false" and result["model"]["rebuildable"]
+    parent = subprocess.run(["git", "rev-parse", f"{result['commit']}^"], cwd=flow_repo, capture_output=True, text=True)
+    assert tags["git_commit.at_registration"].startswith(f"{parent.stdout.strip()} dirty, diff sha256 ")  # as registered
+    shown = subprocess.run(["git", "show", f"{tags['git_commit']}:dvc.lock"], cwd=flow_repo, capture_output=True, text=True)
+    model = next(o["md5"] for o in yaml.safe_load(shown.stdout)["stages"]["continual@cyber"]["outs"]
+                 if o["path"] == "models/continual/cyber")
+    assert model == flow_hashes["models/continual/cyber"] == json.loads(tags["fluxforge.lineage"])[0]["outs"]["models/continual/cyber"]
     assert result["watermark"]["after"] and result["watermark"]["new_documents"] is None  # first refresh: no watermark before
 
     from fluxforge.orchestrate.flows import stages_to_run
@@ -104,6 +117,7 @@ def test_deployments_read_back_with_pool_schedule_and_job_variables(prefect_api,
     cron = nightly.schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 4 * * 1", "Europe/Berlin")
     assert nightly.parameters["gpu_deployment"] == "fluxforge-gpu-stage/gpu"
+    assert nightly.global_concurrency_limit.limit == 1  # a late refresh waits; two never share one checkout
     assert gpu.work_pool_name == "fluxforge-gpu" and gpu.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
     assert not gpu.schedules
     assert gpu_pool.type == "process" and "env" in gpu_pool.base_job_template["variables"]["properties"]

@@ -1,17 +1,21 @@
-"""Promotion, rollback and their history on a real MLflow SQLite registry, including racing promoters."""
+"""Promotion, rollback and their history on a real MLflow registry, including racing promoters on one host and many."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 
 import mlflow
 import pytest
 
 from fluxforge.cli import main
-from fluxforge.track.promotion import HISTORY_TAG, history, promote, rollback
+from fluxforge.track.locks import LOCK_SUFFIX, LOCKS, Holder, LockError, RegistryLease, host_lock, scheme
+from fluxforge.track.promotion import ENTRY_PREFIX, history, promote, rollback
 
 NAME = "race-lm"
 
@@ -79,8 +83,8 @@ RACER = textwrap.dedent("""
 def test_racing_promotions_never_leave_a_mixed_registry(registry, in_tmp):
     """Two processes promote alternately as fast as they can; every promotion lands in one consistent chain.
 
-    Without the lock, the history's read-modify-write loses entries and its last entry
-    disagrees with the alias (checked by hand once by disabling ``registry_lock``).
+    Without the lock, two promoters take the same history sequence number and one of them fails, or
+    the last entry disagrees with the alias (checked by hand by disabling ``promotion_lock``).
     """
     mlflow.MlflowClient().set_model_version_tag(NAME, "3", "gate", "passed")
     promote(NAME, "1")
@@ -93,9 +97,106 @@ def test_racing_promotions_never_leave_a_mixed_registry(registry, in_tmp):
         assert p.wait(timeout=300) == 0, p.stderr.read()
     h = history(NAME)
     assert len(h) >= rounds  # each racer's moves away from "1" cannot all be no-ops
-    tag = mlflow.MlflowClient().get_registered_model(NAME).tags[HISTORY_TAG]
-    assert json.loads(tag) == h
+    tags = mlflow.MlflowClient().get_registered_model(NAME).tags
+    assert [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(ENTRY_PREFIX)] == h
+    assert [e["seq"] for e in h] == list(range(1, len(h) + 1))
     assert h[-1]["version"] == _champion()
     for before, after in zip(h, h[1:]):
         assert after["previous"] == before["version"], "a promotion was based on a champion that was no longer current"
     assert all(e["version"] != e["previous"] for e in h)
+
+
+GATED_RACER = textwrap.dedent("""
+    import random, sys
+    import mlflow
+    from fluxforge.config import GateConfig
+    from fluxforge.eval.stats import mcnemar_one_sided
+    from fluxforge.track.gate import evaluation_tags
+    from fluxforge.track.registry import gate_and_promote
+
+    uri, name, racer, rounds, run_id = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    # only the champion rule decides: the others are wide open
+    cfg = GateConfig(min_cyber_acc_gain=-1.0, max_significance_p=1.0, max_general_ppl_increase=100.0)
+    rng = random.Random(racer)
+    for i in range(rounds):
+        right = max(0, min(200, 60 + 4 * i + rng.randint(-8, 8)))  # accuracy climbs with noise: racers collide
+        acc = right / 200
+        scores = {"general": {"acc": acc, "ppl": 10.0}, "cyber": {"acc": acc, "ppl": 10.0}}
+        ev = {"final": "final", "eval_set_digest": "race-set", "tests": {"cyber": {"p_final_vs_pretrain": 0.0}},
+              "models": {"final": scores, "pretrain": scores}}
+        tags = {**evaluation_tags(ev, [q < right for q in range(200)]), "racer": f"{racer}#{i}"}
+        mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+        gate_and_promote(name, str(mv.version), ev, cfg, mcnemar_one_sided, tracking_uri=uri)
+""")
+
+
+@pytest.mark.slow
+def test_promoters_on_many_hosts_race_one_server_and_agree(tracking_uri, tmp_path):
+    """4 processes, each with its own home and folder (no lock file in common), 25 register-gate-promote rounds each,
+    against one MLflow server process. The lock lives in the registry, so every gate saw the champion its
+    promotion replaced: the history is one chain, every winner and only winners are in it, accuracy only rises."""
+    racers, rounds = 4, 25
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.create_registered_model(name)
+    run_id = client.create_run(client.create_experiment(name)).info.run_id
+    script = tmp_path / "racer.py"
+    script.write_text(GATED_RACER)
+    procs = []
+    for r in range(racers):
+        home = tmp_path / f"host{r}"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
+        procs.append(subprocess.Popen([sys.executable, str(script), tracking_uri, name, f"racer{r}", str(rounds), run_id],
+                                      cwd=home, env=env, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+
+    versions = {str(mv.version): mv.tags for mv in client.search_model_versions(f"name='{name}'")}
+    assert len(versions) == racers * rounds and all(t["gate"] in ("passed", "failed") for t in versions.values())
+    h = history(name, tracking_uri)
+    winners = {v for v, t in versions.items() if t["gate"] == "passed"}
+    promoted = [e["version"] for e in h]
+    assert len(promoted) == len(set(promoted)) and set(promoted) == winners, "each winner, and only winners, promoted once"
+    assert len(winners) > 5
+    assert all(e["action"] == "promote" for e in h)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == h[-1]["version"]
+    mean = {v: float(t["eval.general_acc"]) for v, t in versions.items()}
+    for before, entry in zip([None, *h], h):
+        assert entry["previous"] == (before["version"] if before else None), "a promotion based on a stale champion"
+        # the gate compared the winner with exactly the champion it then replaced
+        assert versions[entry["version"]]["gate.champion"] == (entry["previous"] or "")
+        if before:
+            assert mean[entry["version"]] > mean[before["version"]], "a worse version replaced a better champion"
+    assert not [v for v, t in versions.items() if t["gate"] == "failed" and v in {e["version"] for e in h}]
+    assert not [m.name for m in client.search_registered_models(f"name LIKE '{name}%'") if m.name != name], \
+        "the promotion lock was left behind"
+
+
+def test_a_dead_holders_lock_is_broken_after_its_lease_and_only_once(in_tmp):
+    """The registry lock of a process that died mid-promotion: waiters take over after its lease, one break only."""
+    uri = f"sqlite:///{in_tmp / 'locks.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_registered_model("m")
+    dead = RegistryLease("m", uri, lease_s=0.5)
+    dead.acquire()  # and never releases
+    with pytest.raises(LockError, match=r"waited 0 s for the promotion lock held by .* pid"):
+        RegistryLease("m", uri, wait_s=0.2).acquire()  # within the lease a live holder is waited for, not broken
+    t0 = time.monotonic()
+    with RegistryLease("m", uri) as alive:
+        assert 0.5 <= time.monotonic() - t0 < 20 and alive.held()
+        late = RegistryLease("m", uri)
+        late.break_stale(Holder(dead.token, "the dead one", 0.0))  # a second waiter that saw the same dead holder
+        assert alive.held(), "a late breaker broke the next holder's lock"
+    names = {m.name for m in client.search_registered_models()}
+    assert names == {"m", f"m{LOCK_SUFFIX}.stale-{dead.token}"}  # released, and the broken lock kept as a record
+    with pytest.raises(LockError, match="broken while this process held it"):
+        dead.release()
+
+
+def test_each_store_gets_the_lock_that_spans_its_promoters():
+    assert {scheme(u) for u in ("http://mlflow:5000", "https://u:p@mlflow", "postgresql+psycopg2://db/mlflow")} == \
+        {"http", "https", "postgresql"}
+    assert LOCKS.get(scheme("http://mlflow:5000"), RegistryLease) is RegistryLease  # a shared server: in the registry
+    assert LOCKS[scheme("sqlite:////tmp/mlflow.db")] is host_lock and LOCKS[scheme("./mlruns")] is host_lock

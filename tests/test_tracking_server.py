@@ -8,6 +8,7 @@ different weights make "load by alias" mean something: each alias must give back
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -222,3 +223,30 @@ def test_promote_and_rollback_through_the_server(registered, mlflow_server):
         rollback(registered.name)
         assert str(client.get_model_version_by_alias(registered.name, "champion").version) == "1"
         assert [(e["version"], e["action"]) for e in history(registered.name)] == [("1", "promote"), ("2", "promote"), ("1", "rollback")]
+
+
+@pytest.mark.slow
+def test_credentials_in_a_tracking_uri_are_masked_everywhere(mlflow_server, monkeypatch, capsys):
+    """A password inside the tracking URI reaches neither MLflow's own "View run" line nor FluxForge's messages."""
+    from urllib.parse import urlsplit
+
+    from fluxforge.track.resolve import ModelURIError, version_of
+    from fluxforge.track.runs import use_store
+
+    password = "uri-pw-4Kq9"
+    with_creds = mlflow_server.tracking_uri.replace("http://", f"http://ci:{password}@")
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    with use_tracking_uri(mlflow_server.tracking_uri):
+        bare = use_store(with_creds)  # what every stage and registry command does with the URI it is given
+        assert bare == mlflow_server.tracking_uri == mlflow.get_tracking_uri()
+        assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ci", password)
+        mlflow.set_experiment(f"creds-{uuid.uuid4().hex[:8]}")
+        with mlflow.start_run():
+            mlflow.log_param("x", 1)
+        printed = capsys.readouterr().out
+        assert "View run" in printed and password not in printed  # MLflow printed its URL, without the password ...
+        mlflow.set_tracking_uri(with_creds)  # ... and a URI someone set by hand is masked in our messages
+        with pytest.raises(ModelURIError) as err:
+            version_of("models:/no-such-model@champion")
+    assert password not in str(err.value) and f"ci:***@{urlsplit(mlflow_server.tracking_uri).netloc}" in str(err.value)

@@ -19,6 +19,7 @@ Typical use:
   fluxforge lineage fluxforge-lm@champion     the champion traced back to the raw data
   fluxforge promote fluxforge-lm 4            make version 4 the champion (gate must have passed)
   fluxforge rollback fluxforge-lm             give champion back to the previous one
+  fluxforge rebuild fluxforge-lm@champion     rebuild the champion from its commit and prove every output identical
   fluxforge refresh -S pretrain.steps=200     one refresh through Prefect (pull, repro, promote, push, commit)
   fluxforge deploy                            nightly refresh + GPU-stage deployments on a Prefect server
   fluxforge eval --model DIR --task FILE      score a model on CTI-MCQ, CyberMetric, SecEval or the world's MCQ
@@ -68,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     from fluxforge.errors import FluxForgeError
     from fluxforge.orchestrate.experiment import run_experiment
     from fluxforge.runtime import quiet_env
+    from fluxforge.secrets import redact
 
     quiet_env()
     try:
@@ -80,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(f"\nexperiment {exp.name} ({exp.rev[:7]}): `dvc exp show` lists it, `dvc exp apply {exp.name}` brings it here")
     print(f"  report : {exp.report or '(no report stage ran)'}")
-    print(f"  MLflow : {exp.tracking_uri}")
+    print(f"  MLflow : {redact(exp.tracking_uri)}")
     return 0
 
 
@@ -147,12 +149,12 @@ def _use_registry(args: argparse.Namespace) -> None:
     """Point MLflow at --tracking-uri, else $MLFLOW_TRACKING_URI, else the params file's store."""
     import os
 
-    import mlflow
+    from fluxforge.track.runs import use_store
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = _params(args.params).tracking.tracking_uri if Path(args.params).exists() else "sqlite:///mlflow.db"
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
 
 
 def _registry_cmd(fn):  # noqa: ANN001, ANN202
@@ -198,6 +200,27 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+@_registry_cmd
+def _rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a registered version from its lineage; exit 1 when anything differs, 2 when it cannot be rebuilt."""
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate.rebuild import rebuild
+    from fluxforge.runtime import quiet_env
+
+    quiet_env()
+    try:
+        checks = rebuild(args.ref, root=args.root, from_stage=args.from_stage, keep=args.keep)
+    except FluxForgeError as err:
+        print(f"fluxforge rebuild: {err}", file=sys.stderr)
+        return 2
+    differ = [c for c in checks if not c.identical]
+    if differ:
+        print(f"rebuild: {len(differ)} of {len(checks)} checks differ ({', '.join(sorted({c.stage for c in differ}))})")
+        return 1
+    print(f"rebuild: all {len(checks)} checks identical: the version is what its lineage says")
+    return 0
+
+
 def _refresh(args: argparse.Namespace) -> int:
     """One refresh through Prefect: on a server if PREFECT_API_URL is set, else on a temporary local one."""
     import os
@@ -232,6 +255,11 @@ def _refresh(args: argparse.Namespace) -> int:
         print(f"  registry: {m['model_name']} v{m['version']} " + ("promoted to champion" if m["promoted"] else "not promoted"))
         for r in m.get("reasons") or []:
             print(f"    {r}")
+        if m.get("rebuildable"):
+            print(f"  lineage: v{m['version']} is commit {m['commit'][:12]}; rebuild it with "
+                  f"`fluxforge rebuild {m['model_name']}/{m['version']}`")
+        elif "why" in m:
+            print(f"  lineage: v{m['version']} is not rebuildable: {m['why']}")
     if result.get("commit"):
         print(f"  committed params.yaml + dvc.lock as {result['commit'][:12]}")
     return 0
@@ -640,6 +668,19 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("ref", help="e.g. fluxforge-lm@champion, fluxforge-lm/3, models:/fluxforge-lm@challenger")
     _registry_args(li)
     li.set_defaults(fn=_lineage)
+    rb = sub.add_parser("rebuild", help="rebuild a registered version from its lineage and compare every output",
+                        description="Check out the commit a registered version records (a temporary git worktree sharing "
+                        "this repository's DVC cache), take the inputs from the cache or the DVC remote, rerun its chain "
+                        "from --from (default: the first training stage) and the evaluation, and compare every output hash "
+                        "with the lineage, a differing model weight by weight, the evaluation with the version's numbers "
+                        "and the rebuilt model with the registry's copy. Exit 0: all identical; 1: something differs; "
+                        "2: the version cannot be rebuilt (e.g. registered from an uncommitted tree).")
+    rb.add_argument("ref", help="e.g. fluxforge-lm@champion, fluxforge-lm/3, models:/fluxforge-lm/3")
+    rb.add_argument("--from", dest="from_stage", metavar="STAGE", help="first stage to rerun (default: the first training stage)")
+    rb.add_argument("--root", default=".", help="the repository (default: here)")
+    rb.add_argument("--keep", action="store_true", help="keep the worktree for inspection (remove it with git worktree remove)")
+    _registry_args(rb)
+    rb.set_defaults(fn=_rebuild)
     return ap
 
 

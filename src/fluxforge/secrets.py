@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL", re.IGNORECASE)
+# a whole word of the variable's name (PGPASSWORD counts: password-ish words are never anything else), so that
+# TOKENIZERS_PARALLELISM=false is not taken for a token and every "false" in a text masked
+_SECRET_NAME = re.compile(r"SECRET|PASSW(OR)?D|CREDENTIAL|(?<![A-Z])(TOKEN|SESSION|API_?KEY|PRIVATE_KEY)(?![A-Z])",
+                          re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 
 

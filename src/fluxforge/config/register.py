@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fluxforge.config.base import Fraction, Strict
+from fluxforge.config.base import Fraction, PosFloat, Strict
 
 
 class GateConfig(Strict):
@@ -13,7 +13,9 @@ class GateConfig(Strict):
     max_significance_p: Fraction = 0.05  # one-sided binomial test of the cyber gain
     min_student_ppl_ratio: Fraction = 0.0  # teacher_ppl / student_ppl (0 disables)
     min_student_acc_fraction: Fraction = 0.0  # student's above-chance accuracy / teacher's, worst domain (0 disables)
-    must_beat_champion: bool = True
+    must_beat_champion: bool = True  # better than the champion on the same questions: by the margin, or the paired test
+    champion_margin: PosFloat = 0.02  # mean accuracy over both domains above the champion's, absolute
+    champion_max_p: Fraction = 0.05  # or: one-sided paired McNemar test over every question, challenger vs champion
 
 
 class RegisterConfig(Strict):

@@ -80,3 +80,18 @@ def metrics_file(stage: str, filename: str | None = None, root: Path | str = "."
         raise DagError(f"stage '{stage}' in dvc.yaml has metrics {list(get(stage, root).metrics)}; "
                        f"cannot pick one{f' named {filename}' if filename else ''}")
     return Path(root) / files[0]
+
+
+def downstream(names: set[str] | frozenset[str], root: Path | str = ".") -> set[str]:
+    """``names`` and every stage that depends on one of them, directly or through others (DVC's own graph)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        by_name = {st.addressing.rsplit(":", 1)[-1]: st for st in graph.nodes}
+        unknown = set(names) - set(by_name)
+        if unknown:
+            raise DagError(f"no stage {sorted(unknown)} in {Path(root) / 'dvc.yaml'} (stages: {', '.join(by_name)})")
+        return {n for name in names
+                for n in [name, *(st.addressing.rsplit(":", 1)[-1] for st in nx.ancestors(graph, by_name[name]))]}

@@ -1,7 +1,8 @@
 """Create the refresh deployments on a Prefect server, from code (``infra/prefect.yaml`` is the same, declared).
 
-Two deployments: ``fluxforge-refresh/nightly`` on the CPU pool with a cron schedule, and
-``fluxforge-gpu-stage/gpu`` on the GPU pool, which the nightly refresh calls for the GPU
+Two deployments: ``fluxforge-refresh/nightly`` on the CPU pool with a cron schedule and a
+concurrency limit of 1 (a late refresh waits for the running one: two never share one checkout),
+and ``fluxforge-gpu-stage/gpu`` on the GPU pool, which the nightly refresh calls for the GPU
 stages. Pools that do not exist yet are created with the base job templates in
 ``infra/work-pools/`` so the GPU request and node selector are part of the pool.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from fluxforge.errors import FluxForgeError
 
 TEMPLATES = {"process": "process-gpu.json", "kubernetes": "kubernetes-gpu.json"}
+REFRESH_CONCURRENCY = 1  # as infra/prefect.yaml: refreshes of one checkout run one at a time
 
 
 class DeployError(FluxForgeError):
@@ -76,6 +78,7 @@ def deploy(spec: DeploySpec) -> dict[str, str]:
     nightly = refresh.from_source(source=str(root), entrypoint="flows/refresh.py:refresh")
     ids["fluxforge-refresh/nightly"] = str(nightly.deploy(
         name="nightly", work_pool_name=spec.cpu_pool, schedules=[Cron(spec.cron, timezone=spec.timezone)],
+        concurrency_limit=REFRESH_CONCURRENCY,
         parameters={"root": str(root), "gpu_deployment": "fluxforge-gpu-stage/gpu", **spec.parameters},
         tags=["fluxforge"], print_next_steps=False, ignore_warnings=True))
     return ids

@@ -11,7 +11,8 @@ at once, because it would fail the same way again.
 A refresh is: pull the data from the DVC remote, apply the params profile and overrides,
 reproduce every stage (evaluate, register, gate and promote are DAG stages, so a failed
 refresh never moves ``champion``), push, then commit ``params.yaml`` and ``dvc.lock`` with
-a message naming the registered model version. GPU stages (pretrain, continual, distill)
+a message naming the registered model version, and point that version at the commit
+(``git_commit``), which makes it rebuildable (``fluxforge rebuild``). GPU stages (pretrain, continual, distill)
 run on another deployment (a GPU work pool) when ``gpu_deployment`` is given.
 """
 
@@ -56,15 +57,14 @@ def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
     One in-process ``dvc status`` instead of a ``dvc repro`` process per stage: a refresh with
     nothing new costs a second, not a process start-up per stage.
     """
-    import networkx as nx
     from dvc.repo import Repo
 
-    with repo_lock(root), Repo(str(root)) as repo:
-        # DVC names a stage "path/to/dvc.yaml:name" when called from another directory
-        changed = {k.rsplit(":", 1)[-1] for k in repo.status()} | set(force)
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        by_name = {st.name: st for st in graph.nodes}
-        return {n for c in changed if c in by_name for n in [c, *(st.name for st in nx.ancestors(graph, by_name[c]))]}
+    with repo_lock(root):
+        with Repo(str(root)) as repo:
+            # DVC names a stage "path/to/dvc.yaml:name" when called from another directory
+            changed = {k.rsplit(":", 1)[-1] for k in repo.status()} | set(force)
+            stages = {st.addressing.rsplit(":", 1)[-1] for st in repo.index.stages}
+        return dag.downstream(changed & stages, root)  # status also names tracked .dvc files, which are no stages
 
 
 def repo_lock(root: Path | str) -> contextlib.AbstractContextManager[None]:
@@ -193,6 +193,28 @@ def commit_lock(root: str, message: str) -> str | None:
     return git("rev-parse", "HEAD").stdout.strip()
 
 
+@task(cache_policy=NONE)
+def record_version_commit(root: str, name: str, version: str) -> dict:
+    """Point the version this refresh registered at the commit holding its params and dvc.lock: rebuildable from it.
+
+    The register stage ran before that commit existed, from a tree DVC was still writing; ``record_commit``
+    checks that the commit holds exactly what produced the version before the registry says so.
+    """
+    from fluxforge.orchestrate.experiment import absolute_tracking_uri
+    from fluxforge.track.lineage import LineageError, record_commit
+    from fluxforge.track.runs import tracking_uri
+
+    uri = absolute_tracking_uri(tracking_uri(load_params(Path(root) / "params.yaml")), Path(root))  # the stages' store
+    try:
+        commit = record_commit(name, version, root, uri)
+    except LineageError as err:
+        get_run_logger().warning("%s v%s is not rebuildable: %s", name, version, err)
+        return {"rebuildable": False, "why": str(err)}
+    get_run_logger().info("%s v%s: code lineage is commit %s (fluxforge rebuild %s/%s)", name, version, commit[:12],
+                          name, version)
+    return {"rebuildable": True, "commit": commit}
+
+
 @flow(name="fluxforge-refresh", log_prints=True)
 def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | None = None,
             gpu_deployment: str | None = None, push: bool = True, commit: bool = True) -> dict:
@@ -232,8 +254,13 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
             logger.info("  gate: %s", line)
     if remote and push:
         sync(str(rootp), "push")  # before the commit: a committed dvc.lock always has its data in the remote
+    registered = bool(reg) and stages.get("register") == "ran"
     if commit:
         what = (f"{reg['model_name']} v{reg['version']} ({'champion' if reg['promoted'] else 'challenger, not promoted'})"
-                if reg and stages.get("register") == "ran" else "no new model version")
+                if registered else "no new model version")
         result["commit"] = commit_lock(str(rootp), f"refresh: {what}")
+        if registered:  # after the commit: the version points at the commit that holds its params and dvc.lock
+            result["model"].update(record_version_commit(str(rootp), reg["model_name"], str(reg["version"])))
+    elif registered:
+        result["model"].update(rebuildable=False, why="the refresh ran without committing params.yaml and dvc.lock")
     return result

@@ -1,87 +1,42 @@
-"""MLflow model registry: register with lineage, aliases, and a promotion gate from params.
+"""MLflow model registry: register with lineage, then gate and promote as one critical section.
 
-Versions carry their lineage as tags (git commit, ``dvc.lock`` hashes of the chain,
-dataset digests, parent, cumulative tokens, evaluation numbers). ``challenger`` always
-points at the newest version; ``champion`` moves only when every gate rule holds.
-Aliases move with one ``set_registered_model_alias`` call, which is atomic in MLflow.
-The logged model is an MLflow pyfunc whose ``artifacts/hf`` directory is a plain HF
-checkpoint, so both MLflow and transformers users load it.
+Versions carry their lineage as tags (git commit, ``dvc.lock`` hashes of the chain, dataset
+digests, parent, cumulative tokens, evaluation numbers and per-question results). ``challenger``
+always points at the newest version; ``champion`` moves only when every gate rule holds. Logging
+the model (slow: it uploads the weights) happens first and outside the promotion lock; reading the
+champion, gating against it and moving the alias happen inside it (``promotion.champion_section``),
+so no gate decides against a champion that another promoter has replaced meanwhile.
+The logged model is an MLflow pyfunc whose ``artifacts/hf`` directory is a plain HF checkpoint, so
+both MLflow and transformers users load it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fluxforge import paths as P
 from fluxforge.config import GateConfig, Params
+from fluxforge.errors import FluxForgeError
 from fluxforge.io import digest_path
+from fluxforge.secrets import redact
+from fluxforge.track.gate import Champion, PairedTest, Scores, evaluation_tags, gate, headline, scores_from_tags
 from fluxforge.track.lineage import git_commit, lock_hashes, stage_chain
-from fluxforge.track.promotion import promote
+from fluxforge.track.promotion import champion_section
 from fluxforge.track.runs import stage_run
 
 log = logging.getLogger(__name__)
 PYFUNC = Path(__file__).with_name("hf_pyfunc.py")
+MAX_TAG = 100_000  # MLflow's limit for a model-version tag value
 
 
-def headline(ev: dict, name: str) -> dict:
-    m = ev["models"][name]
-    return {"general_ppl": m["general"]["ppl"], "cyber_ppl": m["cyber"]["ppl"],
-            "general_acc": m["general"]["acc"], "cyber_acc": m["cyber"]["acc"]}
-
-
-def gate(ev: dict, cfg: GateConfig, champion: dict | None) -> tuple[bool, list[str]]:
-    """Apply the promotion rules; return (passed, one human-readable line per rule)."""
-    final, base = headline(ev, ev["final"]), headline(ev, "pretrain")
-    reasons: list[tuple[bool, str]] = []
-    gain = final["cyber_acc"] - base["cyber_acc"]
-    reasons.append((gain >= cfg.min_cyber_acc_gain,
-                    f"cyber accuracy gain {gain:+.3f} over pretrain (need >= {cfg.min_cyber_acc_gain:+.3f})"))
-    p = ev["tests"]["cyber"]["p_final_vs_pretrain"]
-    reasons.append((p <= cfg.max_significance_p, f"cyber gain one-sided p = {p:.2e} (need <= {cfg.max_significance_p})"))
-    rise = final["general_ppl"] / base["general_ppl"] - 1
-    reasons.append((rise <= cfg.max_general_ppl_increase,
-                    f"general held-out perplexity {rise:+.1%} vs pretrain (need <= {cfg.max_general_ppl_increase:+.0%})"))
-    if cfg.min_student_ppl_ratio > 0 and "student" in ev["models"]:
-        ratio = final["general_ppl"] / ev["models"]["student"]["general"]["ppl"]
-        reasons.append((ratio >= cfg.min_student_ppl_ratio,
-                        f"student keeps {ratio:.2f} of the teacher's perplexity quality (need >= {cfg.min_student_ppl_ratio})"))
-    if cfg.min_student_acc_fraction > 0 and ev.get("distill"):
-        d = ev["distill"]
-        worst = min(d["general_acc_fraction"], d["cyber_acc_fraction"])
-        reasons.append((worst >= cfg.min_student_acc_fraction,
-                        f"student keeps {worst:.0%} of the teacher's above-chance accuracy in its worst domain "
-                        f"(need >= {cfg.min_student_acc_fraction:.0%})"))
-    if cfg.must_beat_champion and champion and champion.get("eval_set") != ev.get("eval_set_digest"):
-        # numbers from another question set say nothing about which model is better
-        reasons.append((True, f"champion v{champion['version']} was scored on another evaluation set; not compared"))
-    elif cfg.must_beat_champion and champion:
-        mine = (final["general_acc"] + final["cyber_acc"]) / 2
-        theirs = (champion["general_acc"] + champion["cyber_acc"]) / 2
-        # equal counts of correct answers must tie, also against tags older versions rounded to 6 digits
-        # (accuracy moves in steps of 1/questions, far above the tolerance)
-        reasons.append((mine >= theirs - 1e-6, f"mean accuracy {mine:.3f} vs champion v{champion['version']} {theirs:.3f} (need >=)"))
-    elif cfg.must_beat_champion:
-        reasons.append((True, "no champion yet"))
-    return all(ok for ok, _ in reasons), [("PASS " if ok else "FAIL ") + text for ok, text in reasons]
-
-
-def _champion(client, name: str) -> dict | None:  # noqa: ANN001
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-    tags = mv.tags or {}
-    try:
-        nums = {k: float(tags[f"eval.{k}"]) for k in ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")}
-    except (KeyError, ValueError):
-        nums = {"general_acc": 0.0, "cyber_acc": 0.0, "general_ppl": float("inf"), "cyber_ppl": float("inf")}
-    return {"version": str(mv.version), "eval_set": tags.get("eval.set_digest", ""), **nums}
+class RegistryError(FluxForgeError):
+    """A version that cannot be registered as it is; the message names the tag or the model."""
 
 
 def _compute(model_name: str) -> dict[str, float]:
@@ -93,6 +48,11 @@ def _compute(model_name: str) -> dict[str, float]:
         flops += 6.0 * info.get("parameters", 0) * info.get("tokens", 0)
         name = info.get("parent", "") if info.get("stage") != "distill" else ""  # a teacher's compute is not the student's
     return {"seconds": seconds, "flops": flops}
+
+
+def params_dump(params: Params) -> str:
+    """The full params as JSON with every secret masked: environment secrets that reached a value, URL passwords."""
+    return redact(json.dumps(params.model_dump(by_alias=True), default=str), os.environ)
 
 
 def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
@@ -108,44 +68,84 @@ def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
         "fluxforge.teacher": info.get("teacher", ""),
         "fluxforge.train_seconds": f"{compute['seconds']:.1f}",
         "fluxforge.train_flops": f"{compute['flops']:.3e}",
-        "fluxforge.lineage": json.dumps(stage_chain(P.model_dir(model_name)), separators=(",", ":"))[:5000],
+        "fluxforge.lineage": json.dumps(stage_chain(P.model_dir(model_name)), separators=(",", ":")),
         "data.curated.sha256": digest_path(P.CURATED / "curated.parquet") if (P.CURATED / "curated.parquet").exists() else "",
         "data.tokens.sha256": digest_path(P.TOKENS) if P.TOKENS.exists() else "",
+        "params": params_dump(params),
     }
     for stage, h in lock_hashes().items():
         tags[f"dvc.lock.{stage.replace('@', '/')}"] = h  # MLflow tag keys may not contain '@'
     return tags
 
 
-def register_and_gate(params: Params, ev: dict) -> dict:
+def set_version_tags(client, name: str, version: str, tags: Mapping[str, str]) -> None:  # noqa: ANN001
+    """Set tags on a version; a value MLflow would refuse is a clear error, never a silently cut one."""
+    for key, value in tags.items():
+        if len(value) > MAX_TAG:
+            raise RegistryError(f"{name} v{version}: tag {key} holds {len(value)} characters, more than MLflow's {MAX_TAG}")
+        client.set_model_version_tag(name, version, key, value)
+
+
+def read_champion(client, name: str) -> Champion:  # noqa: ANN001
+    """The champion's scores from its tags (an ``Unreadable`` when they cannot be trusted); None: no champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    return scores_from_tags(str(mv.version), mv.tags or {})
+
+
+def gate_and_promote(name: str, version: str, ev: Mapping, cfg: GateConfig, paired_test: PairedTest,
+                     tracking_uri: str | None = None) -> dict:
+    """Gate ``version`` (registered with its evaluation tags) against the champion and promote it if it passes.
+
+    One critical section: the champion read here is the champion when the alias moves, and the verdict is
+    on the version before the lock is released. The reasons and the champion it was compared with follow
+    right after, outside the lock: other promoters need not wait for the explanation.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    me = scores_from_tags(version, client.get_model_version(name, version).tags or {})
+    if not isinstance(me, Scores):
+        raise RegistryError(f"{name} v{version} cannot be gated: {me.why}")
+    with champion_section(name, tracking_uri) as section:
+        champion = read_champion(section.client, name)
+        passed, reasons = gate(ev, cfg, me, champion, paired_test)
+        section.client.set_model_version_tag(name, version, "gate", "passed" if passed else "failed")
+        if passed:
+            section.move(version, "promote", "gate passed")
+    set_version_tags(client, name, version, {"gate.reasons": "\n".join(reasons),
+                                             "gate.champion": champion.version if champion else ""})
+    return {"promoted": passed, "previous_champion": champion.version if champion else None, "reasons": reasons}
+
+
+def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], paired_test: PairedTest) -> dict:
+    """Register the final model as challenger with its lineage and evaluation, then gate and maybe promote it.
+
+    ``correct`` is the final model's per-question correctness (``gate.question_results``), kept on the
+    version so a later challenger can be tested against it question by question. The version is created
+    with all its tags at once: nobody ever sees it without its lineage.
+    """
     import mlflow
 
     name = params.registry.model_name
     final = ev["final"]
     with stage_run("register", params, params.registry.model_dump(), inputs={"model": P.model_dir(final)}) as run:
-        client = mlflow.MlflowClient()
-        champion = _champion(client, name)
+        tags = {**lineage_tags(params, final), **evaluation_tags(ev, correct)}
+        if long := [k for k, v in tags.items() if len(v) > MAX_TAG]:
+            raise RegistryError(f"{name}: tags {long} hold more than MLflow's {MAX_TAG} characters")
         with tempfile.TemporaryDirectory() as tmp:
             hf = Path(tmp) / "hf"  # MLflow names the artifact after the directory: keep it stable
             shutil.copytree(P.model_dir(final), hf)
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC), artifacts={"hf": str(hf)},
-                registered_model_name=name, pip_requirements=["torch", "transformers", "safetensors"],
-            )
-        version = str(info.registered_model_version)
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC), artifacts={"hf": str(hf)},
+                                           pip_requirements=["torch", "transformers", "safetensors"])
+        version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        mlflow.MlflowClient().set_registered_model_alias(name, "challenger", version)
+        decision = gate_and_promote(name, version, ev, params.registry.gate, paired_test, mlflow.get_tracking_uri())
         nums = headline(ev, final)
-        tags = {**lineage_tags(params, final), **{f"eval.{k}": repr(float(v)) for k, v in nums.items()},
-                "eval.set_digest": ev.get("eval_set_digest", ""),
-                "params": json.dumps(params.model_dump(by_alias=True), default=str)[:5000]}
-        for k, v in tags.items():
-            client.set_model_version_tag(name, version, k, v)
-        client.set_registered_model_alias(name, "challenger", version)
-        passed, reasons = gate(ev, params.registry.gate, champion)
-        client.set_model_version_tag(name, version, "gate", "passed" if passed else "failed")
-        client.set_model_version_tag(name, version, "gate.reasons", "\n".join(reasons)[:5000])
-        if passed:
-            promote(name, version, reason="gate passed")
-        run.metrics({"promoted": int(passed), **nums})
+        run.metrics({"promoted": int(decision["promoted"]), **nums})
         mlflow.set_tags({"registered_model": name, "registered_version": version})
-    return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "promoted": passed,
-            "previous_champion": champion["version"] if champion else None, "reasons": reasons, "headline": nums}
+    return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", **decision, "headline": nums}

@@ -15,6 +15,7 @@ from pathlib import Path
 from fluxforge import paths as P
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import atomic_dir
+from fluxforge.secrets import redact
 
 log = logging.getLogger(__name__)
 CACHE = Path(os.environ.get("FLUXFORGE_MODEL_CACHE", Path.home() / ".cache" / "fluxforge" / "models"))
@@ -48,7 +49,7 @@ def version_of(uri: str) -> tuple[str, str]:
     try:
         mv = client.get_model_version_by_alias(name, ref) if kind == "alias" else client.get_model_version(name, ref)
     except MlflowException as err:
-        raise ModelURIError(f"{uri}: not found in the registry at {mlflow.get_tracking_uri()} ({err.message})") from err
+        raise ModelURIError(f"{uri}: not found in the registry at {redact(mlflow.get_tracking_uri())} ({err.message})") from err
     return name, str(mv.version)
 
 

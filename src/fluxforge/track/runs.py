@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,23 @@ log = logging.getLogger(__name__)
 
 def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+
+
+def use_store(uri: str) -> str:
+    """Point MLflow at ``uri``, credentials in it moved to MLflow's own variables; return the URI without them.
+
+    MLflow prints and stores the tracking URI it is given (``View run ... at <uri>``), so a password inside
+    it would end up in every stage log. Basic-auth credentials read from the environment work the same.
+    """
+    import mlflow
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,7 +99,7 @@ def stage_run(stage: str, params: Params, section: Mapping[str, Any] | None = No
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    mlflow.set_tracking_uri(tracking_uri(params))
+    use_store(tracking_uri(params))
     mlflow.set_experiment(params.tracking.experiment)
     tags = {"fluxforge.stage": stage, "dvc.stage": stage, "dvc.stage_hash": dvc_stage_hash(stage), **git_commit()}
     with mlflow.start_run(run_name=stage, tags=tags) as run:
