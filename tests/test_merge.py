@@ -205,8 +205,8 @@ def test_hf_directories_of_another_architecture_or_bad_options_are_refused(hf_di
         merge_states("interpolate", [root / "base", tmp_path / "odd.safetensors"])
     with pytest.raises(MergeError, match=r"'instruction_residual' takes paths \[instruct, base, updated_base\], got 2"):
         merge_models("instruction_residual", [root / "base", root / "updated"], tmp_path / "out")
-    with pytest.raises(MergeError, match="unknown merge method 'ties'"):
-        merge_models("ties", [root / "base", root / "updated"], tmp_path / "out")  # type: ignore[arg-type]
+    with pytest.raises(MergeError, match="unknown merge method 'breadcrumbs'"):
+        merge_models("breadcrumbs", [root / "base", root / "updated"], tmp_path / "out")  # type: ignore[arg-type]
     with pytest.raises(MergeError, match="'ema' has no option 'scale'"):
         merge_models("ema", [root / "base", root / "updated"], tmp_path / "out", scale=2.0)
     assert not (tmp_path / "out").exists()  # nothing half-written

@@ -291,7 +291,7 @@ def test_infinite_config_errors(inf, match):
     (dict(schedule="wsd", steps=100, warmup_steps=50, decay_fraction=0.6), "would start at step 40, inside the warmup"),
     (dict(schedule="wsd", decay_shape="exp", min_lr_ratio=0.0), "'exp' .* must be above 0"),
     (dict(schedule="wsd", decay_shape="sqrtt"), "'sqrt', 'linear', 'cosine', 'exp' or 'square'"),
-    (dict(schedule="step"), "'cosine', 'wsd', 'infinite' or 'constant'"),
+    (dict(schedule="step"), "'cosine', 'wsd', 'infinite', 'constant' or 'rsqrt'"),
 ])
 def test_train_config_schedule_errors(kw, match):
     with pytest.raises(ValidationError, match=match):

@@ -72,5 +72,5 @@ def test_stream_train_is_typed_derived_once_and_kept_as_written():
     assert p.stream.model_dump()["train"] == TINY["stream"]["train"]  # only the keys written are overrides
     with pytest.raises(ParamsError, match=r"stream\.train\.lr: Input should be greater than 0 \(got -0\.1\)"):
         parse_params(_with(train={"lr": -0.1}))
-    with pytest.raises(ParamsError, match=r"stream\.train\.schedule: Input should be 'cosine', 'wsd', 'infinite' or 'constant'"):
+    with pytest.raises(ParamsError, match=r"stream\.train\.schedule: Input should be 'cosine', 'wsd', 'infinite', 'constant' or 'rsqrt'"):
         parse_params(_with(train={"schedule": "linear"}))
