@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,8 +197,9 @@ def slerp(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], weight_b
 
 
 def _task_vector_merge(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
-                       combine: Callable[[list[torch.Tensor]], torch.Tensor], scale: float, names: Sequence[str] | None) -> State:
-    """``base + scale * combine([ft_i - base])`` per float tensor, anchored on the last model (exact when it agrees)."""
+                       combine: Callable[[str, list[torch.Tensor]], torch.Tensor], scale: float,
+                       names: Sequence[str] | None) -> State:
+    """``base + scale * combine(key, [ft_i - base])`` per float tensor, anchored on the last model (exact when it agrees)."""
     if not finetuned:
         raise MergeError("a task-vector merge needs at least one finetuned model")
     if not math.isfinite(float(scale)):
@@ -217,7 +219,7 @@ def _task_vector_merge(base: Mapping[str, torch.Tensor], finetuned: Sequence[Map
         dtype = torch.promote_types(ref.dtype, torch.float32)
         b = base[key].to(dtype)
         vectors = [ft[key].to(dtype) - b for ft in finetuned]
-        merged = combine(vectors) * float(scale)
+        merged = combine(key, vectors) * float(scale)
         out[key] = (ref.to(dtype) + (merged - vectors[-1])).to(ref.dtype)
     return out
 
@@ -236,7 +238,7 @@ def ties(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torc
 
     d = _unit_density(density)
 
-    def combine(vectors: list[torch.Tensor]) -> torch.Tensor:
+    def combine(key: str, vectors: list[torch.Tensor]) -> torch.Tensor:
         if d >= 1.0:  # nothing trimmed (peft warns and returns the vector unchanged)
             stacked = torch.stack(vectors)
             return merge_utils.disjoint_merge(stacked, merge_utils.calculate_majority_sign_mask(stacked))
@@ -249,28 +251,28 @@ def dare_ties(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str,
               density: float = 0.3, seed: int = 0, names: Sequence[str] | None = None) -> State:
     """DARE-TIES: drop entries of each task vector at random (keep ``density``, rescaled by 1/density), then TIES' sign election.
 
-    The drop masks come from a generator seeded with ``seed`` (the global RNG is left as it was), so a merge is
-    reproducible.
+    Each tensor's drop masks come from the generator seeded with ``seed`` and the tensor's name (the global RNG is
+    left as it was), so a merge is reproducible whatever order or files the tensors come in.
     """
     from peft.utils import merge_utils
 
     d = _unit_density(density)
 
-    def combine(vectors: list[torch.Tensor]) -> torch.Tensor:
+    def combine(key: str, vectors: list[torch.Tensor]) -> torch.Tensor:
         if d >= 1.0:
             stacked = torch.stack(vectors)
             return merge_utils.disjoint_merge(stacked, merge_utils.calculate_majority_sign_mask(stacked))
+        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(key.encode())) % 2**63)  # peft draws from the global generator
         return merge_utils.dare_ties(vectors, torch.ones(len(vectors), dtype=vectors[0].dtype), d)
 
-    with torch.random.fork_rng(devices=[]):  # peft draws the masks from the global generator
-        torch.manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
         return _task_vector_merge(base, finetuned, combine, scale, names)
 
 
 def magmax(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], scale: float = 1.0,
            names: Sequence[str] | None = None) -> State:
     """MagMax: per entry, the task vector with the largest magnitude (ties: the earliest model)."""
-    def combine(vectors: list[torch.Tensor]) -> torch.Tensor:
+    def combine(key: str, vectors: list[torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack(vectors)
         pick = stacked.abs().argmax(dim=0, keepdim=True)
         return stacked.gather(0, pick).squeeze(0)
