@@ -60,6 +60,7 @@ METHODS: tuple[str, ...] = ("interpolate", "slerp", "ema", "task_arithmetic", "t
 # the operators a merge schedule (ema_merge, zs_merge, ft_merge) combines its models with
 OPERATORS: tuple[str, ...] = ("interpolate", "slerp", "task_arithmetic", "ties", "dare_ties", "magmax")
 FOMO_EMA_WEIGHT = 0.5  # ema_paint: equal-weight merge of the task model and the running merge (methods.md section 8)
+TIES_DENSITY = 0.3  # the share of each task vector TIES/DARE keep: FoMo's prune_percentile 0.7 in its merge schedules
 SLERP_LINEAR_ABOVE = 0.9995  # FoMo's and mergekit's DOT_THRESHOLD: nearly parallel tensors are interpolated linearly
 _OPTIONS: dict[str, tuple[str, ...]] = {"interpolate": ("weight_b",), "slerp": ("weight_b",), "ema": ("weight_new",),
                                         "task_arithmetic": ("scale",), "ties": ("scale", "density"),
@@ -97,6 +98,15 @@ def _check_mergeable(states: Sequence[Mapping[str, torch.Tensor]], names: Sequen
 Term = tuple[float, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]  # (c, x, y): adds c * (x - y)
 
 
+def _shared(key: str, ref: torch.Tensor, states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str],
+            ref_name: str) -> torch.Tensor:
+    """A non-float tensor (an integer buffer) cannot be merged: every model must hold the same one."""
+    for state, name in zip(states, names):
+        if not torch.equal(state[key], ref):
+            raise MergeError(f"{name}: non-float key '{key}' differs from {ref_name} and cannot be merged")
+    return ref.clone()
+
+
 def _affine(anchor: Mapping[str, torch.Tensor], terms: Sequence[Term], states: Sequence[Mapping[str, torch.Tensor]],
             names: Sequence[str]) -> State:
     """``anchor + sum_j c_j * (x_j - y_j)`` per float tensor; ``states``/``names`` are all inputs, for the checks."""
@@ -105,10 +115,7 @@ def _affine(anchor: Mapping[str, torch.Tensor], terms: Sequence[Term], states: S
     out: State = {}
     for key, first in anchor.items():
         if not first.is_floating_point():
-            for state, name in zip(states, names):
-                if not torch.equal(state[key], first):
-                    raise MergeError(f"{name}: non-float key '{key}' differs from {anchor_name} and cannot be merged")
-            out[key] = first.clone()
+            out[key] = _shared(key, first, states, names, anchor_name)
             continue
         dtype = torch.promote_types(first.dtype, torch.float32)
         acc = first.to(dtype, copy=True)
@@ -211,10 +218,7 @@ def _task_vector_merge(base: Mapping[str, torch.Tensor], finetuned: Sequence[Map
     out: State = {}
     for key, ref in last.items():
         if not ref.is_floating_point():
-            for state, name in zip(states, names):
-                if not torch.equal(state[key], ref):
-                    raise MergeError(f"{name}: non-float key '{key}' differs from {names[-1]} and cannot be merged")
-            out[key] = ref.clone()
+            out[key] = _shared(key, ref, states, names, names[-1])
             continue
         dtype = torch.promote_types(ref.dtype, torch.float32)
         b = base[key].to(dtype)
@@ -232,7 +236,7 @@ def _unit_density(density: float) -> float:
 
 
 def ties(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], scale: float = 1.0,
-         density: float = 0.3, names: Sequence[str] | None = None) -> State:
+         density: float = TIES_DENSITY, names: Sequence[str] | None = None) -> State:
     """TIES: keep each task vector's top-``density`` magnitudes, elect a sign per entry, average the agreeing ones."""
     from peft.utils import merge_utils
 
@@ -248,7 +252,7 @@ def ties(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torc
 
 
 def dare_ties(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], scale: float = 1.0,
-              density: float = 0.3, seed: int = 0, names: Sequence[str] | None = None) -> State:
+              density: float = TIES_DENSITY, seed: int = 0, names: Sequence[str] | None = None) -> State:
     """DARE-TIES: drop entries of each task vector at random (keep ``density``, rescaled by 1/density), then TIES' sign election.
 
     Each tensor's drop masks come from the generator seeded with ``seed`` and the tensor's name (the global RNG is
@@ -292,7 +296,7 @@ class MergeOperator:
     name: str = "interpolate"
     weight: float = FOMO_EMA_WEIGHT
     scale: float = 1.0
-    density: float = 0.3  # FoMo's prune_percentile 0.7 in ema_paint/zs_paint/ft_paint
+    density: float = TIES_DENSITY
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -354,8 +358,8 @@ def merge_states(method: Method, paths: Sequence[Path | str], **kw: float) -> St
         "interpolate": lambda: interpolate(states[0], states[1], kw.get("weight_b", 0.5), names),
         "slerp": lambda: slerp(states[0], states[1], kw.get("weight_b", 0.5), names),
         "task_arithmetic": lambda: task_arithmetic(states[0], states[1:], kw.get("scale", 1.0), names),
-        "ties": lambda: ties(states[0], states[1:], kw.get("scale", 1.0), kw.get("density", 0.3), names),
-        "dare_ties": lambda: dare_ties(states[0], states[1:], kw.get("scale", 1.0), kw.get("density", 0.3),
+        "ties": lambda: ties(states[0], states[1:], kw.get("scale", 1.0), kw.get("density", TIES_DENSITY), names),
+        "dare_ties": lambda: dare_ties(states[0], states[1:], kw.get("scale", 1.0), kw.get("density", TIES_DENSITY),
                                        int(kw.get("seed", 0)), names),
         "magmax": lambda: magmax(states[0], states[1:], kw.get("scale", 1.0), names),
         "instruction_residual": lambda: instruction_residual(*states, scale=kw.get("scale", 1.0), names=names),
