@@ -39,6 +39,7 @@ from fluxforge.config import load_params, parse_params, read_params  # noqa: E40
 from fluxforge.continual.metrics import continual_metrics  # noqa: E402
 from fluxforge.continual.runner import BASE, EvalSets, matrix, run_stream  # noqa: E402
 from fluxforge.data.tokenize import load_pretrained_tokenizer  # noqa: E402
+from fluxforge.runtime import setup_logging  # noqa: E402
 
 METHODS = ("finetune", "lora", "ewc", "ema_merge", "zs_merge")
 METRICS = (("a_ka", "A_KA", 1), ("a_zs", "A_ZS", 1), ("geometric_mean", "sqrt(A_KA A_ZS)", 1), ("forgetting", "forgetting", -1))
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--replay", type=float, default=0.25, help="fixed replay ratio for every method (default 0.25)")
     ap.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's budget_tokens (reduced setting)")
     args = ap.parse_args()
+    setup_logging()  # the stream's own log lines (budgets, replay, progress) while it runs
     if "finetune" not in args.methods:
         sys.exit("update_methods compares with full finetuning: keep finetune in --methods")
     params = load_params(args.params)
