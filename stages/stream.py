@@ -5,7 +5,7 @@ import shutil
 
 from fluxforge import paths as P
 from fluxforge.config import Params
-from fluxforge.continual.runner import GAP_FIELDS, EvalSets, run_stream, summarize, tracked, without_replay
+from fluxforge.continual.runner import GAP_FIELDS, EvalSets, budget_columns, run_stream, summarize, tracked, without_replay
 from fluxforge.data.tokenize import load_pretrained_tokenizer
 from fluxforge.io import write_json
 from fluxforge.runtime import set_threads, stage
@@ -34,12 +34,14 @@ def main(params: Params) -> None:
         write_rows(res["gap"], P.PLOTS / "stream" / "gap.csv", GAP_FIELDS)
         save_model(res["final"], tok, out_model, {"name": "stream", "stage": "stream", **res["lineage"], "tasks": res["order"],
                                                   "replay_ratios": res["ratios"], "parameters": count_params(res["final"]),
-                                                  "schedule": params.stream_train().schedule})
+                                                  "schedule": params.stream_train().schedule, "method": res["method"],
+                                                  "budget": {"kind": s.budget.kind, **res["budget"]["methods"][s.method]}})
         metrics, tags = tracked(summary)
         if "parent_version" in res["lineage"]:
             tags.update({"fluxforge.parent": s.init, "fluxforge.parent_version": res["lineage"]["parent_version"]})
         run.metrics(metrics)
         run.tags(tags)
+        run.table(budget_columns(res["budget"]), "stream_budget.json")
     log.info("stream: %s; base-data perplexity rise %s", " -> ".join(res["order"]),
              {k: f"{v:+.1%}" for k, v in summary["general_ppl_rise"].items()})
 

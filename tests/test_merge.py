@@ -11,12 +11,17 @@ from fluxforge import paths as P
 from fluxforge.config import ModelConfig
 from fluxforge.continual.merge import (
     MergeError,
+    MergeOperator,
+    dare_ties,
     ema_merge,
     instruction_residual,
     interpolate,
+    magmax,
     merge_models,
     merge_states,
+    slerp,
     task_arithmetic,
+    ties,
 )
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import AveragingError
@@ -205,8 +210,83 @@ def test_hf_directories_of_another_architecture_or_bad_options_are_refused(hf_di
         merge_states("interpolate", [root / "base", tmp_path / "odd.safetensors"])
     with pytest.raises(MergeError, match=r"'instruction_residual' takes paths \[instruct, base, updated_base\], got 2"):
         merge_models("instruction_residual", [root / "base", root / "updated"], tmp_path / "out")
-    with pytest.raises(MergeError, match="unknown merge method 'ties'"):
-        merge_models("ties", [root / "base", root / "updated"], tmp_path / "out")  # type: ignore[arg-type]
+    with pytest.raises(MergeError, match="unknown merge method 'breadcrumbs'"):
+        merge_models("breadcrumbs", [root / "base", root / "updated"], tmp_path / "out")  # type: ignore[arg-type]
     with pytest.raises(MergeError, match="'ema' has no option 'scale'"):
         merge_models("ema", [root / "base", root / "updated"], tmp_path / "out", scale=2.0)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# ----------------------------------------------------------------------------- FoMo's operators (the merge schedules')
+def _v(*values: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.tensor(values, dtype=torch.float32)}
+
+
+def test_ties_trims_elects_a_sign_and_averages_the_agreeing_entries():
+    """Task vectors [1, -2, 3, .5] and [-1, 3, -.5, .25], half kept: [0, -2, 3, 0] and [-1, 3, 0, 0]; elected signs
+    (of the sums -1, 1, 3, 0) -, +, +, +; the agreeing entries' mean: [-1, 3, 3, 0]."""
+    base = _v(1.0, 1.0, 1.0, 1.0)
+    ft1, ft2 = _v(2.0, -1.0, 4.0, 1.5), _v(0.0, 4.0, 0.5, 1.25)
+    assert torch.equal(ties(base, [ft1, ft2], density=0.5)["w"], torch.tensor([0.0, 4.0, 4.0, 1.0]))
+    assert torch.equal(ties(base, [ft1, ft2], scale=0.5, density=0.5)["w"], torch.tensor([0.5, 2.5, 2.5, 1.0]))
+    assert torch.equal(ties(base, [ft1, ft2], density=1.0)["w"], torch.tensor([2.0, 4.0, 4.0, 1.375])), \
+        "nothing trimmed: the sums [0, 1, 2.5, .75] elect + everywhere (0 counts as +): means [1, 3, 3, (.5+.25)/2]"
+    with pytest.raises(MergeError, match=r"density .* must be in \(0, 1\], got 0"):
+        ties(base, [ft1], density=0.0)
+
+
+def test_dare_ties_keeps_a_seeded_random_share_rescaled_and_leaves_the_global_rng_alone():
+    base = {"w": torch.zeros(20_000)}
+    ft = {"w": torch.full((20_000,), 0.3)}
+    torch.manual_seed(123)
+    expect_next = torch.rand(3)
+    torch.manual_seed(123)
+    merged = dare_ties(base, [ft], density=0.25, seed=7)["w"]
+    assert torch.equal(torch.rand(3), expect_next), "the merge drew from its own seeded generator"
+    kept = merged != 0
+    assert torch.allclose(merged[kept], torch.tensor(0.3 / 0.25)), "kept entries are rescaled by 1/density"
+    assert abs(kept.float().mean().item() - 0.25) < 0.02
+    assert torch.equal(dare_ties(base, [ft], density=0.25, seed=7)["w"], merged)
+    assert not torch.equal(dare_ties(base, [ft], density=0.25, seed=8)["w"], merged)
+    ft1, ft2 = _v(2.0, -1.0, 4.0, 1.5), _v(0.0, 4.0, 0.5, 1.25)
+    one = _v(1.0, 1.0, 1.0, 1.0)
+    assert torch.equal(dare_ties(one, [ft1, ft2], density=1.0)["w"], ties(one, [ft1, ft2], density=1.0)["w"])
+
+
+def test_slerp_follows_the_great_circle_and_is_linear_for_parallel_tensors():
+    a, b = _v(1.0, 0.0), _v(0.0, 1.0)
+    half = 2 ** -0.5
+    torch.testing.assert_close(slerp(a, b, 0.5)["w"], torch.tensor([half, half]))
+    torch.testing.assert_close(slerp(a, b, 1 / 3)["w"], torch.tensor([3 ** 0.5 / 2, 0.5]))  # sin(pi/3), sin(pi/6)
+    assert torch.equal(slerp(a, b, 0.0)["w"], a["w"]) and torch.equal(slerp(a, b, 1.0)["w"], b["w"])
+    torch.testing.assert_close(slerp(_v(1.0, 2.0), _v(2.0, 4.0), 0.5)["w"], torch.tensor([1.5, 3.0]))
+
+
+def test_magmax_and_task_arithmetic_on_hand_computed_task_vectors():
+    base = _v(0.0, 0.0, 0.0)
+    ft1, ft2 = _v(1.0, -2.0, 3.0), _v(-1.5, 1.0, -4.0)
+    assert torch.equal(magmax(base, [ft1, ft2])["w"], torch.tensor([-1.5, -2.0, -4.0]))
+    assert torch.equal(magmax(base, [ft1, ft2], scale=0.5)["w"], torch.tensor([-0.75, -1.0, -2.0]))
+    op = MergeOperator("task_arithmetic", scale=0.5)
+    assert torch.equal(op(base, [ft1, ft2])["w"], torch.tensor([-0.25, -0.5, -0.5]))
+    assert torch.equal(MergeOperator("interpolate", weight=0.25)(base, [ft1, ft2])["w"], torch.tensor([0.375, -1.25, 1.25]))
+
+
+@pytest.mark.parametrize("op", [MergeOperator("interpolate", weight=0.3), MergeOperator("slerp", weight=0.7),
+                                MergeOperator("task_arithmetic", scale=1.0), MergeOperator("ties", density=1.0),
+                                MergeOperator("dare_ties", density=1.0), MergeOperator("magmax")])
+def test_merging_identical_checkpoints_is_a_no_op(op):
+    """The same model merged with itself comes back bit for bit; and any operator merging the base with itself gives the base."""
+    base, ft = _state(0), _state(1)
+    models = [ft] if op.name == "task_arithmetic" else [ft, {k: v.clone() for k, v in ft.items()}]  # scale 1: one model
+    _assert_states_equal(op(base, models), ft)
+    _assert_states_equal(MergeOperator(op.name)(base, [base, base]), base)
+
+
+def test_merge_operators_refuse_what_they_cannot_merge():
+    with pytest.raises(MergeError, match=r"unknown merge operator 'breadcrumbs' \(choose one of interpolate, slerp"):
+        MergeOperator("breadcrumbs")
+    with pytest.raises(MergeError, match=r"merge operator 'slerp' combines two models, got 3"):
+        MergeOperator("slerp")(_v(0.0), [_v(1.0), _v(2.0), _v(3.0)])
+    with pytest.raises(MergeError, match=r"slerp weight_b must be in \[0, 1\], got 2"):
+        slerp(_v(1.0), _v(2.0), 2.0)

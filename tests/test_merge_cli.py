@@ -53,3 +53,25 @@ def test_merging_models_of_different_shapes_names_the_tensor(tmp_path):
     done = _cli("merge", "interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and "fluxforge merge:" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fomo_operators_from_the_command_line(tmp_path):
+    """`fluxforge merge ties BASE FT1 FT2 --density --weight` is continual.merge.ties of the checkpoints; bad ones exit 2."""
+    from fluxforge.continual.merge import dare_ties, ties
+    from fluxforge.train.averaging import load_state
+
+    base, ft1, ft2 = (_save(tmp_path, n, s) for n, s in (("base", 1), ("ft1", 2), ("ft2", 3)))
+    paths = [str(tmp_path / n) for n in ("base", "ft1", "ft2")]
+    done = _cli("merge", "ties", *paths, "--density", "0.5", "--weight", "0.8", "--out", str(tmp_path / "ties"))
+    assert done.returncode == 0, done.stderr
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ties", use_safetensors=True).state_dict()
+    expect = ties(base, [ft1, ft2], scale=0.8, density=0.5)
+    assert all(torch.equal(merged[k], expect[k]) for k in expect)
+    done = _cli("merge", "dare_ties", *paths, "--density", "0.5", "--seed", "3", "--out", str(tmp_path / "dare"))
+    merged = load_state(tmp_path / "dare")  # the tensors as written (the tied head is not a tensor of its own there)
+    expect = dare_ties(base, [ft1, ft2], density=0.5, seed=3)
+    assert done.returncode == 0 and all(torch.equal(merged[k], expect[k]) for k in merged)
+    bad = _cli("merge", "slerp", *paths[:2], "--density", "0.5", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "'slerp' has no option 'density'" in bad.stderr
+    unknown = _cli("merge", "breadcrumbs", *paths, "--out", str(tmp_path / "bad"))
+    assert unknown.returncode == 2 and "unknown merge method 'breadcrumbs' (choose one of interpolate, slerp" in unknown.stderr

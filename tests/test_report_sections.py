@@ -142,7 +142,12 @@ def _stream_files(root: Path, merged: bool = True, without_replay: float | None 
             "metrics": metrics, "merged_metrics": mmetrics if merged else None,
             "replay": {"mode": "planned", "ratios": {"general-2024": 0.25, "cyber": plan["ratio"]}, "plans": {"cyber": plan}},
             "general_ppl_rise": rise, "merge": {"method": "ema", "weight": 0.5}, "strategy": {"kind": "none"},
-            "schedule": "infinite", "ordering": "given"}
+            "schedule": "infinite", "ordering": "given", "method": {"method": "lora", "rank": 4, "alpha": 4.0},
+            "budget": {"kind": "maf", "reference": "finetune", "method": "lora", "methods": {
+                "finetune": {"step_flops": 2.56e7, "task_flops": 0.0, "flops": 2.56e7, "memory_bytes": 1389684,
+                             "memory_multiplier": 1.0, "maf": 2.56e7, "trainable": 33440, "steps": {"general-2024": 12, "cyber": 12}},
+                "lora": {"step_flops": 1.95e7, "task_flops": 0.0, "flops": 1.95e7, "memory_bytes": 970000,
+                         "memory_multiplier": 0.698, "maf": 1.3611e7, "trainable": 4352, "steps": {"general-2024": 22, "cyber": 22}}}}}
     (root / "metrics").mkdir(parents=True, exist_ok=True)
     (root / "metrics" / "stream.json").write_text(json.dumps(data))
     (root / "plots" / "stream").mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,24 @@ def test_stream_section_shows_matrices_metrics_replay_and_gap(paths):
         peak = g.loc[g["general_loss"].idxmax()]
         assert f"{peak['general_loss']:.4f} (step {int(peak['step'])})" in page
     assert "general-2024 &rarr; cyber" in page and "merge ema with weight 0.5" in page
+
+
+def test_stream_section_shows_the_update_method_and_its_budget_table(paths):
+    data = _stream_files(paths)
+    page = stream()
+    assert "Update method: <b>lora (rank 4, alpha 4.0)</b>" in page and "Budget: <b>maf</b>" in page
+    table = page.split("<th>steps per task</th>")[1].split("</table>")[0]
+    assert table.count("<tr>") == 2
+    assert "<td>lora</td><td>4,352</td><td>1.95e+07</td><td>0</td><td>0.93</td><td>0.698</td><td>0.532</td>" in table
+    assert "<td>general-2024 22, cyber 22</td>" in table and "<td>general-2024 12, cyber 12</td>" in table
+    del data["budget"]["methods"]["lora"]["steps"]
+    (paths / "metrics" / "stream.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"stream\.json budget\.methods\.lora: missing key 'steps'"):
+        stream()
+    del data["budget"], data["method"]  # a stream.json from before update methods
+    (paths / "metrics" / "stream.json").write_text(json.dumps(data))
+    page = stream()
+    assert "finetune (no method recorded" in page and "No budget recorded." in page
 
 
 def test_cmr_figure_highlights_the_chosen_ratio_and_draws_the_tolerance(paths):
@@ -254,7 +277,8 @@ def test_names_from_the_data_are_escaped_everywhere_on_the_page(tiny_params, in_
     stream_data = _stream_files(in_tmp)
     stream_data["replay"]["plans"]["cyber"]["notes"] = [EVIL]
     stream_data.update(ordering=EVIL, schedule=EVIL, merge={"method": EVIL}, strategy={"kind": EVIL},
-                       replay={**stream_data["replay"], "mode": EVIL})
+                       replay={**stream_data["replay"], "mode": EVIL}, method={"method": EVIL, EVIL: EVIL})
+    stream_data["budget"]["methods"][EVIL] = stream_data["budget"]["methods"].pop("lora")
     write_json(P.METRICS / "stream.json", stream_data)
     params = tiny_params.model_copy(update={"tracking": tiny_params.tracking.model_copy(update={"experiment": EVIL})})
 

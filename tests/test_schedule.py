@@ -291,7 +291,7 @@ def test_infinite_config_errors(inf, match):
     (dict(schedule="wsd", steps=100, warmup_steps=50, decay_fraction=0.6), "would start at step 40, inside the warmup"),
     (dict(schedule="wsd", decay_shape="exp", min_lr_ratio=0.0), "'exp' .* must be above 0"),
     (dict(schedule="wsd", decay_shape="sqrtt"), "'sqrt', 'linear', 'cosine', 'exp' or 'square'"),
-    (dict(schedule="step"), "'cosine', 'wsd', 'infinite' or 'constant'"),
+    (dict(schedule="step"), "'cosine', 'wsd', 'infinite', 'constant' or 'rsqrt'"),
 ])
 def test_train_config_schedule_errors(kw, match):
     with pytest.raises(ValidationError, match=match):
@@ -318,3 +318,27 @@ def test_params_yaml_parses_unchanged_and_switching_a_section_to_infinite_names_
         parse_params(raw, "params.yaml")
     raw["pretrain"]["infinite"] = {"warmup_fraction": None, "min_ratio": None, "cooldown": "inv_sqrt"}
     assert parse_params(raw).pretrain.infinite.cooldown == "inv_sqrt"
+
+
+def test_rsqrt_warms_up_decays_as_rsqrt_and_cools_down_linearly_to_the_final_ratio():
+    """FoMo-in-Flux's rsqrt (methods.md section 8): warmup, floor + (1 - floor) sqrt(W / s), a linear cooldown at the end."""
+    cfg = _cfg(steps=100, warmup_steps=10, schedule="rsqrt", min_lr_ratio=0.1, decay_fraction=0.1)
+    f = lr_factor(cfg)
+    assert [f(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3]) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(40) == pytest.approx(0.1 + 0.9 * 0.5)  # sqrt(10/40) = 1/2
+    ref = 0.1 + 0.9 * math.sqrt(10 / 90)  # where the cooldown starts (the last 10 steps)
+    assert f(89) == pytest.approx(0.1 + 0.9 * math.sqrt(10 / 89)) and f(90) == pytest.approx(ref)
+    assert f(99) == pytest.approx(0.1) and f(95) == pytest.approx(ref + (0.1 - ref) * 5 / 9)
+    assert _non_increasing(_curve(f, 100)[10:])
+    with pytest.raises(ValidationError, match="warmup_steps must be at least 1"):
+        _cfg(steps=100, warmup_steps=0, schedule="rsqrt")
+
+
+def test_meta_rsqrt_task_peaks_are_non_increasing_from_the_peak():
+    """FoMo's rsqrt_with_recovery, autoregressive: task t re-warms to min + sqrt((t+1) W / (t S + W)) (lr - min)."""
+    from fluxforge.train.schedule import meta_rsqrt_peak
+
+    peaks = [meta_rsqrt_peak(1e-3, 1e-4, t, steps=100, warmup=10) for t in range(8)]
+    assert peaks[0] == 1e-3 and _non_increasing(peaks) and peaks[-1] > 1e-4
+    assert peaks[1] == pytest.approx(1e-4 + math.sqrt(20 / 110) * 9e-4)
+    assert peaks[7] == pytest.approx(1e-4 + math.sqrt(80 / 710) * 9e-4)

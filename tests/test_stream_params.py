@@ -66,11 +66,22 @@ def test_meta_cosine_task_peaks_are_non_increasing_and_start_near_the_peak():
         parse_params(_with(task_peak="meta_cosine"))  # the tiny stream trains on an infinite schedule
 
 
+def test_a_meta_schedule_sets_each_tasks_peak_in_the_stream():
+    """stream.task_peak reaches each task's config: meta_rsqrt on rsqrt tasks gives non-increasing peaks from lr."""
+    from fluxforge.continual.runner import task_config
+
+    p = parse_params(_with(task_peak="meta_rsqrt", train={"lr": 0.003, "schedule": "rsqrt", "warmup_steps": 2}))
+    base, task = p.stream_train(), p.stream.tasks[0]
+    peaks = [task_config(base, task, i, p.stream.task_peak).lr for i in range(4)]
+    assert peaks[0] == 0.003 and all(a > b for a, b in zip(peaks, peaks[1:]))
+    assert task_config(base, task, 2, "constant").lr == 0.003
+
+
 def test_stream_train_is_typed_derived_once_and_kept_as_written():
     p = parse_params(copy.deepcopy(TINY))
     assert p.stream_train() is p.stream_train()  # derived when the params were validated, not on each call
     assert p.stream.model_dump()["train"] == TINY["stream"]["train"]  # only the keys written are overrides
     with pytest.raises(ParamsError, match=r"stream\.train\.lr: Input should be greater than 0 \(got -0\.1\)"):
         parse_params(_with(train={"lr": -0.1}))
-    with pytest.raises(ParamsError, match=r"stream\.train\.schedule: Input should be 'cosine', 'wsd', 'infinite' or 'constant'"):
+    with pytest.raises(ParamsError, match=r"stream\.train\.schedule: Input should be 'cosine', 'wsd', 'infinite', 'constant' or 'rsqrt'"):
         parse_params(_with(train={"schedule": "linear"}))

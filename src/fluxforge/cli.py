@@ -544,10 +544,10 @@ def _merge(args: argparse.Namespace) -> int:
     from fluxforge.errors import FluxForgeError
     from fluxforge.track.resolve import local_model_path
 
-    key = {"interpolate": "weight_b", "ema": "weight_new", "task_arithmetic": "scale", "instruction_residual": "scale"}
+    key = {"interpolate": "weight_b", "slerp": "weight_b", "ema": "weight_new"}.get(args.method, "scale")
     try:
         paths = [local_model_path(m) for m in args.models]
-        kw = {key[args.method]: args.weight} if args.weight is not None else {}
+        kw = {k: v for k, v in ((key, args.weight), ("density", args.density), ("seed", args.seed)) if v is not None}
         merge_models(args.method, paths, args.out, info={"sources": args.models}, **kw)
     except FluxForgeError as err:
         print(f"fluxforge merge: {err}", file=sys.stderr)
@@ -640,16 +640,21 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--gpu-pool-type", choices=("process", "kubernetes"), default="process")
     dp.add_argument("--gpu-job-variables", help='JSON, e.g. \'{"env": {"CUDA_VISIBLE_DEVICES": "0"}}\'')
     dp.set_defaults(fn=_deploy)
-    mg = sub.add_parser("merge", help="merge models: interpolate | ema | task_arithmetic | instruction_residual",
+    mg = sub.add_parser("merge", help="merge models: interpolate | slerp | ema | task_arithmetic | ties | dare_ties | magmax "
+                        "| instruction_residual",
                         description="Merge HF model directories or registry URIs (models:/NAME@ALIAS) into --out. "
-                        "interpolate A B (--weight = B's weight, 0.5); ema BASE T1 .. Tn (FoMo's recursion, --weight = "
-                        "the newest's weight); task_arithmetic BASE FT1 .. FTn (--weight = scale); instruction_residual "
-                        "INSTRUCT BASE UPDATED_BASE: adds INSTRUCT - BASE onto UPDATED_BASE (--weight = scale), so a "
-                        "continually pretrained base regains the instruct model's behaviour without re-tuning.")
-    mg.add_argument("method", choices=("interpolate", "ema", "task_arithmetic", "instruction_residual"))
+                        "interpolate A B and slerp A B (--weight = B's weight, 0.5); ema BASE T1 .. Tn (FoMo's recursion, "
+                        "--weight = the newest's weight); task_arithmetic, ties, dare_ties, magmax BASE FT1 .. FTn "
+                        "(--weight = scale of the merged task vector, 1; --density = share of each task vector TIES/DARE "
+                        "keep, 0.3; --seed = DARE's drop masks); instruction_residual INSTRUCT BASE UPDATED_BASE: adds "
+                        "INSTRUCT - BASE onto UPDATED_BASE (--weight = scale), so a continually pretrained base regains "
+                        "the instruct model's behaviour without re-tuning.")
+    mg.add_argument("method", help="the merge (see above); an unknown one exits 2 naming the known ones")
     mg.add_argument("models", nargs="+", help="model directories or models:/ URIs, in the order the method takes")
     mg.add_argument("--out", required=True, help="output HF directory (written atomically)")
     mg.add_argument("--weight", type=float, default=None, help="the method's weight or scale (see above)")
+    mg.add_argument("--density", type=float, default=None, help="ties, dare_ties: share of each task vector kept")
+    mg.add_argument("--seed", type=int, default=None, help="dare_ties: seed of the random drop masks")
     mg.set_defaults(fn=_merge)
     pr = sub.add_parser("promote", help="make a registered version the champion (refuses a failed gate without --force)")
     pr.add_argument("name", help="registered model name, e.g. fluxforge-lm")

@@ -8,7 +8,8 @@ reason) each key where it deliberately differs.
 
 Where things are: :mod:`.base` (the strict base model, number types, :class:`ParamsError`), one module per
 section (:mod:`.world`, :mod:`.data`, :mod:`.filters`, :mod:`.tokenizer`, :mod:`.model`, :mod:`.train`,
-:mod:`.continual`, :mod:`.distill`, :mod:`.study`, :mod:`.stream`, :mod:`.evaluate`, :mod:`.register`,
+:mod:`.continual`, :mod:`.distill`, :mod:`.study`, :mod:`.stream` (with :mod:`.methods`: update methods and
+budgets, shared by every stream), :mod:`.evaluate`, :mod:`.register`,
 :mod:`.tracking`), :mod:`.params` (the whole file) and :mod:`.loader` (YAML, profiles as overlays, ``-S``).
 """
 
@@ -42,12 +43,20 @@ from fluxforge.config.loader import (
     set_dotted,
     validate,
 )
+from fluxforge.config.methods import (
+    AdapterSettings,
+    BudgetSettings,
+    EWCSettings,
+    GaLoreSettings,
+    MergeSettings,
+    SISettings,
+    UpdateSettings,
+)
 from fluxforge.config.model import ModelConfig
 from fluxforge.config.params import Params
 from fluxforge.config.register import GateConfig, RegisterConfig
 from fluxforge.config.stream import (
     CMRPlanner,
-    MergeSettings,
     StabilityStrategy,
     StreamConfig,
     StreamError,
@@ -73,7 +82,8 @@ from fluxforge.config.world import CyberWorld, DefectRates, GeneralWorld, WorldC
 
 __all__ = [
     "builds",
-    "DOMAINS", "RAW_COLUMNS", "AgeConfig", "AveragingSettings", "BoilerplateConfig", "C4Config", "CMRPlanner",
+    "DOMAINS", "RAW_COLUMNS", "AdapterSettings", "AgeConfig", "AveragingSettings", "BudgetSettings", "EWCSettings",
+    "GaLoreSettings", "SISettings", "UpdateSettings", "BoilerplateConfig", "C4Config", "CMRPlanner",
     "ContinualConfig", "ContinualTask", "ContractConfig", "ContractsConfig", "CurriculumSettings", "CyberWorld",
     "DataConfig", "DedupConfig", "DeepSpeedSettings", "DefectRates", "DistillConfig", "EvalConfig", "FileKind",
     "FilterConfig", "FineWebConfig", "Fraction", "GateConfig", "GeneralWorld", "GopherQualityConfig",

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, Field, ValidationError, create_model, model_serializer, model_validator
 
 from fluxforge.config.base import Fraction, NonNegFloat, NonNegInt, PosInt, Strict
+from fluxforge.config.methods import UpdateSettings, check_update
 from fluxforge.config.train import TrainConfig
 from fluxforge.errors import FluxForgeError
 
@@ -121,13 +122,6 @@ class StabilityStrategy(Strict):
     domain_share: Fraction = 0.5  # pretrain_mix: new data's share; the rest mirrors the base model's mixture
 
 
-class MergeSettings(Strict):
-    """Merging across tasks (FoMo-in-Flux): the evaluated model is a merge; training continues on the trunk."""
-
-    method: Literal["none", "ema", "interpolate"] = "none"  # ema: run = w*task + (1-w)*run; interpolate: with the init model
-    weight: Fraction = 0.5
-
-
 # the keys a stream task cannot override: stream.tasks gives slices and steps (from the budget), stream.replay the replay
 SET_PER_TASK = ("slices", "steps", "replay", "probe_every")
 
@@ -168,8 +162,11 @@ StreamTrainOverrides = create_model(
 )
 
 
-class StreamConfig(Strict):
-    """A continual stream (stage ``stream``): tasks in order from ``init``, with replay, strategies and merging."""
+class StreamConfig(UpdateSettings):
+    """A continual stream (stage ``stream``): tasks in order from ``init``, with replay, strategies and merging.
+
+    Its update method, budget, merge operator and LR meta-schedule are :class:`UpdateSettings` (config.methods).
+    """
 
     enabled: bool = True
     init: str = "pretrain"
@@ -180,10 +177,6 @@ class StreamConfig(Strict):
     replay: StreamReplay = StreamReplay()
     planner: CMRPlanner = CMRPlanner()
     strategy: StabilityStrategy = StabilityStrategy()
-    merge: MergeSettings = MergeSettings()
-    # cosine schedules only: "meta_cosine" anneals each task's peak LR across tasks (FoMo-in-Flux's autoregressive
-    # cosine_with_linear_warmup_and_recovery, methods.md section 8); "constant" re-warms to the same peak every task
-    task_peak: Literal["constant", "meta_cosine"] = "constant"
     gap_every: NonNegInt = 5  # evaluate general and task loss every N steps over the first quarter of each task
     compare_no_replay: bool = True  # also run the stream without replay (the report's comparison)
 
@@ -219,9 +212,7 @@ def check_stream(stream: StreamConfig, pretrain: TrainConfig, known: list[str]) 
                          "the rest in the base model's proportions); set stream.replay.ratio to a number")
     if stream.strategy.kind == "pretrain_mix" and not stream.replay.slices:
         raise ValueError("stream.strategy pretrain_mix needs stream.replay.slices (the base model's pretraining data)")
-    if stream.task_peak == "meta_cosine" and cfg.schedule != "cosine":
-        raise ValueError(f"stream.task_peak meta_cosine anneals the peak of per-task cosine schedules; "
-                         f"stream.train.schedule is {cfg.schedule!r}")
+    check_update(stream, cfg.schedule)
     if stream.init != "pretrain" and not stream.init.startswith("continual/") and not stream.init.startswith("models:/"):
         raise ValueError(f"stream.init '{stream.init}': use pretrain, continual/<task> or a registry URI models:/NAME@ALIAS")
     return cfg

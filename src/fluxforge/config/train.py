@@ -132,8 +132,9 @@ class TrainConfig(Strict):
     warmup_steps: NonNegInt = 30
     # LR schedule (fluxforge.train.schedule): min_lr_ratio is the final LR / peak for cosine and wsd (a
     # "moderate" ratio keeps the last, best data useful: Luo et al. 2025, arXiv 2511.18903)
-    schedule: Literal["cosine", "wsd", "infinite", "constant"] = "cosine"
-    decay_fraction: Fraction = 0.2  # WSD: share of steps in the final decay (Hägele et al. 2024 recommend ~20%)
+    schedule: Literal["cosine", "wsd", "infinite", "constant", "rsqrt"] = "cosine"
+    # WSD: share of steps in the final decay (Hägele et al. 2024 recommend ~20%); rsqrt: its linear cooldown
+    decay_fraction: Fraction = 0.2
     decay_shape: Literal["sqrt", "linear", "cosine", "exp", "square"] = "sqrt"  # WSD decay; 1-sqrt is Hägele's best
     infinite: InfiniteSchedule = InfiniteSchedule()  # read only when schedule is "infinite"
     weight_decay: float = 0.1
@@ -203,6 +204,11 @@ class TrainConfig(Strict):
                 raise ValueError("wsd: decay_shape 'exp' decays to min_lr_ratio geometrically, so it must be above 0")
         elif self.schedule == "infinite":
             self._infinite_fits()
+        elif self.schedule == "rsqrt" and not self.warmup_steps:
+            raise ValueError("rsqrt: the decay is sqrt(warmup_steps / step), so warmup_steps must be at least 1")
+        elif self.schedule == "rsqrt" and self.steps - wsd_decay_steps(self.steps, self.decay_fraction) < self.warmup_steps:
+            raise ValueError(f"rsqrt: the cooldown ({self.decay_fraction} of {self.steps} steps) would start inside the "
+                             f"warmup ({self.warmup_steps} steps); lower decay_fraction or warmup_steps")
         return self
 
     def _infinite_fits(self) -> None:

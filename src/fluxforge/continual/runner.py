@@ -5,10 +5,12 @@ the base model's pretraining data and, when configured, of a capped buffer of ea
 fixed ratio or the one the CMR planner picks from short pilot updates (methods.md section 3). The new data can
 be shaped against the stability gap (section 4). With a wsd/infinite schedule a constant-LR *trunk* runs
 through all tasks without re-warming, and each task's deployable model is an annealed fork of the trunk
-(section 2); a cosine schedule re-warms per task (the baseline). After every task the deployable model (and
-its merge with earlier ones, section 8) is evaluated on every task's held-out set and on the base data: the
-accuracy/perplexity matrices, knowledge accumulation, retention, forgetting and backward transfer
-(:func:`summarize`, the ``stream`` stage's ``metrics/stream.json``).
+(section 2); a cosine schedule re-warms per task (the baseline). The model is updated by one of FoMo-in-Flux's
+methods (section 8, :mod:`fluxforge.continual.methods`: full finetuning, adapters, selective tuning, GaLore,
+EWC/SI, merging schedules), each task on the same tokens or the same memory-adjusted FLOPs
+(:mod:`fluxforge.continual.budget`). After every task the deployable model (and its merge with earlier ones) is
+evaluated on every task's held-out set and on the base data: the accuracy/perplexity matrices, knowledge
+accumulation, retention, forgetting and backward transfer (:func:`summarize`, ``metrics/stream.json``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ import torch
 
 from fluxforge import paths as P
 from fluxforge.config import Params, StreamConfig, StreamTask, TrainConfig
+from fluxforge.continual.budget import BudgetRow, budget_table, measure_cost
+from fluxforge.continual.methods import UpdateMethod, build_method, merge_operator, state_of, task_peak_lr
 from fluxforge.continual.metrics import continual_metrics
 from fluxforge.continual.replay import ReplayBuffer
 from fluxforge.data.tokenize import load_streams
 from fluxforge.errors import DataError
 from fluxforge.eval.heldout import HeldOut
 from fluxforge.eval.scoring import perplexity, score_mcq
-from fluxforge.train.engine import load_trainer_state
-from fluxforge.train.loop import lm_objective, train
+from fluxforge.train.engine import load_trainer_state, resolve_device
+from fluxforge.train.loop import Objective, lm_objective, train
 from fluxforge.train.model import TRAINER_STATE, load_model
 from fluxforge.train.sampler import MixtureSampler, mixture_weights
-from fluxforge.train.schedule import CONTINUABLE, anneal_start, meta_cosine_peak
+from fluxforge.train.schedule import CONTINUABLE, anneal_start
 
 log = logging.getLogger(__name__)
 BASE = "base"  # the column of the base model's pretraining data: retention
@@ -137,15 +141,21 @@ class Data:
                 self.buffer.add(f"{task.name}:{name}", np.asarray(st))
 
 
-def task_config(base: TrainConfig, task: StreamTask, index: int, task_peak: str = "constant") -> TrainConfig:
+def task_steps(base: TrainConfig, task: StreamTask) -> int:
+    """Full finetuning's steps on ``task``: its token budget over one batch (continual.stream.steps_for_budget)."""
     from fluxforge.continual.stream import steps_for_budget
 
-    steps = steps_for_budget(task.budget_tokens, base.batch_size, base.seq_len)
+    return steps_for_budget(task.budget_tokens, base.batch_size, base.seq_len)
+
+
+def task_config(base: TrainConfig, task: StreamTask, index: int, task_peak: str = "constant", steps: int | None = None) -> TrainConfig:
+    """Task ``index``'s training config: its slices and steps (``steps``, else :func:`task_steps`), seed, peak LR."""
+    steps = steps if steps is not None else task_steps(base, task)
     continuing = index > 0 and base.schedule in CONTINUABLE
     warmup = min(base.warmup_steps, max(steps // 10, 1))
-    lr = base.lr
-    if task_peak == "meta_cosine":
-        lr = meta_cosine_peak(base.lr, base.lr * base.min_lr_ratio, index, steps, warmup)
+    if base.schedule == "rsqrt":  # its decay is sqrt(W / step): at least one warmup step, before its cooldown
+        warmup = max(warmup, 1)
+    lr = task_peak_lr(task_peak, base, index, steps, warmup)
     return base.model_copy(update={"slices": list(task.slices), "steps": steps, "seed": base.seed + index, "lr": lr,
                                    "warmup_steps": warmup, "init_mode": "full" if continuing else "weights"})
 
@@ -203,40 +213,49 @@ def gap_probe(evals: EvalSets, tok, column: str, steps: int, every: int):  # noq
 
 
 def train_task(model: torch.nn.Module, sampler: MixtureSampler, cfg: TrainConfig, name: str, opt_state: dict | None,
-               probe, probe_every: int, probes: list, eos_id: int) -> tuple[torch.nn.Module, dict]:  # noqa: ANN001
-    """Train the trunk through the task; return the deployable model (an annealed fork) and the trunk's state."""
+               probe, probe_every: int, probes: list, eos_id: int,  # noqa: ANN001
+               method: UpdateMethod | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train the trunk through the task with ``method``; return the deployable model (an annealed fork) and the trunk's state.
+
+    The method's penalty joins the loss and it builds the optimizer; its per-step hook follows the trunk only (the
+    model the next task continues). The method's name joins ``desc``, part of the run fingerprint, so a checkpoint
+    left by another method is never resumed.
+    """
+    method = method or UpdateMethod()
+    name = f"{name} [{method.name}]" if method.name != "finetune" else name
     ckpt = P.CHECKPOINTS / "stream" / name.replace("/", "_").replace(" ", "_")
     export: dict = {}
-    objective = lm_objective(cfg.doc_mask, eos_id)
+    objective = method.objective(lm_objective(cfg.doc_mask, eos_id))
     if cfg.schedule not in CONTINUABLE:  # cosine: the task's own warmup and decay; the model is its own deployable copy
         train(model, sampler, cfg, objective, checkpoint_dir=ckpt, desc=name, init_state=opt_state, export=export,
-              probe=probe, probe_every=probe_every, probes=probes)
+              probe=probe, probe_every=probe_every, probes=probes, optimizer=method.optimizer, on_step=method.after_step)
         shutil.rmtree(ckpt, ignore_errors=True)
         return model, export
     continuing = cfg.init_mode == "full"
     fork = anneal_start(cfg, continuing)
     deploy = copy.deepcopy(model)  # the same starting weights: the run fingerprint matches the trunk's checkpoint
     train(model, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=fork, desc=name, init_state=opt_state,
-          export=export, anneal=False, probe=probe, probe_every=probe_every, probes=probes)
+          export=export, anneal=False, probe=probe, probe_every=probe_every, probes=probes, optimizer=method.optimizer,
+          on_step=method.after_step)
     # the deployable copy: the trunk's checkpoint at the fork, resumed with the annealing schedule
     for extra in sorted(ckpt.glob("state-*.pt"))[:-1]:
         extra.unlink()
     # the same desc: it is part of the run fingerprint, which must match the trunk's checkpoint to resume from it
     train(deploy, sampler, cfg, objective, checkpoint_dir=ckpt, checkpoint_every=cfg.steps + 1, desc=name,
-          init_state=opt_state, anneal=True)
+          init_state=opt_state, anneal=True, optimizer=method.optimizer)
     shutil.rmtree(ckpt, ignore_errors=True)
     return deploy, export
 
 
 def merge_step(running: dict | None, model: torch.nn.Module, init: dict, s: StreamConfig) -> dict | None:
-    from fluxforge.continual.merge import ema_merge, interpolate
-
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The evaluation-only merge after a task (``stream.merge.method``), with ``stream.merge.operator``: ``ema``
+    merges the task's model into the running merge (from the init model), ``interpolate`` with the init model."""
     if s.merge.method == "none":
         return None
+    op, state = merge_operator(s), state_of(model)
     if s.merge.method == "ema":
-        return ema_merge(running if running is not None else init, state, s.merge.weight)
-    return interpolate(init, state, s.merge.weight)
+        return op(init, [running if running is not None else init, state], ("init model", "running merge", "task model"))
+    return op(init, [init, state], ("init model", "init model", "task model"))
 
 
 def load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, dict]:
@@ -264,8 +283,29 @@ def load_init(spec: str, schedule: str) -> tuple[torch.nn.Module, dict | None, d
     return model, None, lineage
 
 
+def measure_budget(s: StreamConfig, data: Data, model: torch.nn.Module, first: StreamTask, base_cfg: TrainConfig,
+                   objective: Objective, order: list[str]) -> list[BudgetRow]:
+    """The budget table: full finetuning and ``s.method`` measured on the stream's model and its first task's data,
+    with their steps per task (the same tokens, or the same memory-adjusted FLOPs: ``s.budget.kind``)."""
+    cfg = task_config(base_cfg, first, 0)
+    sampler, _ = data.sampler(first, cfg, 0.0, seed=cfg.seed)  # the task's own data
+    extra = build_method(s).task_batches(cfg.batch_size)
+    batches = [sampler.batch(i) for i in range(1 + extra)]
+    builders = [UpdateMethod] + ([lambda: build_method(s)] if s.method != "finetune" else [])
+    device = resolve_device(cfg.device)  # where the tasks train: CUDA memory is measured there, CPU memory by its parts
+    costs = [measure_cost(b, model, objective, batches[0], batches[1:], cfg, device) for b in builders]
+    by_name = {t.name: t for t in s.tasks}
+    steps_ft = {name: task_steps(base_cfg, by_name[name]) for name in order}
+    rows = budget_table(costs, steps_ft, s.budget.kind)
+    for r in rows:
+        log.info("stream budget (%s): %s %.3g FLOPs/step (+%.3g per task), memory x%.3f, MAF %.3g, steps %s",
+                 s.budget.kind, r.method, r.step_flops, r.task_flops, r.memory_multiplier, r.maf, r.steps)
+    return rows
+
+
 def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_replay: bool = True) -> dict:  # noqa: ANN001
-    """Train the stream once; return rows of evaluations (trunk and merged), plans, ratios and gap curves."""
+    """Train the stream once with ``s.method``; return rows of evaluations (deployed and merged), plans, ratios, gap
+    curves, the budget table and the final deployable model (a plain HF model: adapters merged in)."""
     from fluxforge.continual.stream import Task, order_tasks
 
     base_cfg = params.stream_train()
@@ -279,13 +319,22 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
         difficulty = {t.name: evals.loss(model, tok, t.name) for t in tasks}
     order = order_tasks([Task(t.name, tuple(t.slices), t.budget_tokens) for t in tasks], s.ordering, seed=s.seed,
                         streams=streams, difficulty=difficulty).names
-    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    init_state = state_of(model)
     rows = [evals.full(model, tok)]
     merged_rows = [rows[0]]  # before any task, the merge is the init model
+    objective = lm_objective(base_cfg.doc_mask, tok.eos_token_id)
+    budget = measure_budget(s, data, model, by_name[order[0]], base_cfg, objective, order)
+    method = build_method(s)
+    model = method.attach(model)  # bad method keys (a target module the model lacks, a rank too large) fail here
+    if opt_state is not None and not method.continues_adamw:
+        log.info("stream: %s trains with its own optimizer; the parent's AdamW state is not continued", s.method)
+        opt_state = None
     running, plans, ratios, gap = None, {}, {}, []
     for i, name in enumerate(order):
         task = by_name[name]
-        cfg = task_config(base_cfg, task, i if opt_state is None else i + 1, s.task_peak)  # a continued trunk does not re-warm
+        cfg = task_config(base_cfg, task, i if opt_state is None else i + 1, s.task_peak,  # a continued trunk does not re-warm
+                          steps=budget[-1].steps[name])
+        method.begin_task(model)
         model.train()
         if not with_replay:
             ratio = 0.0
@@ -297,8 +346,14 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
         sampler, _ = data.sampler(task, cfg, ratio, seed=cfg.seed)
         probe, every = gap_probe(evals, tok, name, cfg.steps, s.gap_every if with_replay else 0)
         probes: list[dict] = []
-        deploy, opt_state = train_task(model, sampler, cfg, f"stream/{name}" + ("" if with_replay else " (no replay)"),
-                                       opt_state, probe, every, probes, tok.eos_token_id)
+        trained, opt_state = train_task(model, sampler, cfg, f"stream/{name}" + ("" if with_replay else " (no replay)"),
+                                        opt_state, probe, every, probes, tok.eos_token_id, method)
+        if extra := method.task_batches(cfg.batch_size):  # EWC's Fisher: the task's own data, after its training batches
+            own, _ = data.sampler(task, cfg, 0.0, seed=cfg.seed)
+            method.end_task(model, objective, [own.batch(cfg.steps + k) for k in range(extra)], deployed=trained)
+        else:
+            method.end_task(model, objective, [], deployed=trained)
+        deploy = method.deployable(trained)
         tokens_per_step = cfg.batch_size * cfg.seq_len
         gap += [{"task": name, "step": p["step"], "tokens": p["step"] * tokens_per_step, **p} for p in probes if len(p) > 1]
         data.remember(task)
@@ -310,9 +365,15 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
             merged_rows.append(evals.full(merged, tok))
         last = deploy if running is None else merged
     return {"order": order, "rows": rows, "merged_rows": merged_rows if running is not None else None, "plans": plans,
-            "ratios": ratios, "gap": gap, "final": last, "lineage": lineage}
+            "ratios": ratios, "gap": gap, "final": last, "lineage": lineage, "method": method.describe(),
+            "budget": budget_record(s.budget.kind, budget)}
 
 
+def budget_record(kind: str, rows: list[BudgetRow]) -> dict:
+    """The budget table as metrics/stream.json keeps it: keyed by method (``dvc exp show`` shows mappings, not lists);
+    ``reference`` is full finetuning, ``method`` the stream's own row."""
+    return {"kind": kind, "reference": rows[0].method, "method": rows[-1].method,
+            "methods": {r.method: {k: v for k, v in r.to_dict().items() if k != "method"} for r in rows}}
 
 
 def matrix(rows: list[dict], columns: list[str], key: str) -> list[list[float]]:
@@ -341,6 +402,7 @@ def summarize(params: Params, s: StreamConfig, res: dict, plain: dict | None = N
     if plain is not None:
         rise["without_replay"] = plain["rows"][-1][BASE]["ppl"] / plain["rows"][0][BASE]["ppl"] - 1
     return {"tasks": res["order"], "columns": cols, "rows": ["zero-shot", *res["order"]], "matrix": mats,
+            "method": res["method"], "budget": res["budget"],
             "merged_matrix": merged, "metrics": metrics(mats), "merged_metrics": metrics(merged) if merged else None,
             "replay": {"mode": "planned" if s.replay.ratio == "planned" else "fixed", "ratios": res["ratios"],
                        "plans": res["plans"]},
@@ -348,11 +410,25 @@ def summarize(params: Params, s: StreamConfig, res: dict, plain: dict | None = N
             "schedule": params.stream_train().schedule, "ordering": s.ordering}
 
 
+def budget_columns(budget: dict) -> dict[str, list]:
+    """The budget table as columns (one row per method; steps summed over tasks), for MLflow's ``log_table``."""
+    rows = [{"method": name, **row} for name, row in budget["methods"].items()]
+    return {"method": [r["method"] for r in rows], "flops_per_step": [r["step_flops"] for r in rows],
+            "flops_per_task_hooks": [r["task_flops"] for r in rows], "memory_bytes": [r["memory_bytes"] for r in rows],
+            "memory_multiplier": [r["memory_multiplier"] for r in rows], "maf": [r["maf"] for r in rows],
+            "trainable_parameters": [r["trainable"] for r in rows], "steps": [sum(r["steps"].values()) for r in rows]}
+
+
 def tracked(summary: dict) -> tuple[dict, dict]:
     """(metrics, tags) for the stream's MLflow run."""
     rise = summary["general_ppl_rise"]
+    budget = summary["budget"]
+    mine = budget["methods"][budget["method"]]
     metrics = {"general_ppl_rise": rise["with_replay"],
                **({"general_ppl_rise_no_replay": rise["without_replay"]} if "without_replay" in rise else {}),
-               **{f"acc_{m}": v for m, v in summary["metrics"]["acc"].items() if isinstance(v, float)}}
+               **{f"acc_{m}": v for m, v in summary["metrics"]["acc"].items() if isinstance(v, float)},
+               "budget_memory_multiplier": mine["memory_multiplier"], "budget_steps": sum(mine["steps"].values()),
+               "budget_maf_over_finetune": mine["maf"] / budget["methods"][budget["reference"]]["maf"]}
     tags = {f"fluxforge.cmr.{name}.ratio": str(plan.get("ratio")) for name, plan in summary["replay"]["plans"].items()}
+    tags.update({"fluxforge.method": summary["method"]["method"], "fluxforge.budget": summary["budget"]["kind"]})
     return metrics, tags

@@ -69,6 +69,9 @@ def lineage_tags(params: Params, model_name: str) -> dict[str, str]:
         "fluxforge.train_seconds": f"{compute['seconds']:.1f}",
         "fluxforge.train_flops": f"{compute['flops']:.3e}",
         "fluxforge.lineage": json.dumps(stage_chain(P.model_dir(model_name)), separators=(",", ":")),
+        # a stream model: the update method that made it and the budget it had (continual.methods, continual.budget)
+        **({"fluxforge.method": json.dumps(info["method"], separators=(",", ":"))} if "method" in info else {}),
+        **({"fluxforge.budget": json.dumps(info["budget"], separators=(",", ":"))} if "budget" in info else {}),
         "data.curated.sha256": digest_path(P.CURATED / "curated.parquet") if (P.CURATED / "curated.parquet").exists() else "",
         "data.tokens.sha256": digest_path(P.TOKENS) if P.TOKENS.exists() else "",
         "params": params_dump(params),

@@ -78,6 +78,12 @@ class StageRun:
         for i in range(0, len(ms), 900):
             client.log_batch(self.run_id, metrics=ms[i : i + 900])
 
+    def table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        """A table (column name -> values) as an MLflow table artifact, shown in the run's artifacts and evaluation view."""
+        import mlflow
+
+        mlflow.log_table(data=dict(columns), artifact_file=artifact_file)
+
     def artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         import mlflow
 

@@ -107,30 +107,40 @@ def load_trainer_state(path: Path) -> dict:
                           "never pickled code)") from err
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in two groups: decayed matrices, and biases, norms and other 1-d ones undecayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # a frozen parameter (an adapter's base, a selective method's rest) has no optimizer state
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def adamw(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases, norms and other 1-d parameters (the usual GPT/Llama recipe).
 
     ``fused`` (CUDA): one kernel for the whole update instead of a few per parameter.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=BETAS, eps=EPS, **({"fused": True} if fused else {}),
-    )
+    return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=BETAS, eps=EPS,
+                             **({"fused": True} if fused else {}))
 
 
-def make_engine(model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> Engine:
+# builds the optimizer of a run: an update method's own (GaLore's AdamW, AdamW over an adapter), else adamw
+OptimizerFactory = Callable[[torch.nn.Module, TrainConfig], torch.optim.Optimizer]
+
+
+def make_engine(model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True,
+                optimizer: OptimizerFactory | None = None) -> Engine:
     """The DeepSpeed engine when params or the launcher ask for one, else the plain one.
 
     ``continuing``: the run continues another run's schedule (init_mode full), so the LR does not re-warm.
     ``anneal``: False keeps a wsd/infinite schedule on its constant level to the end (a trunk that the next
-    task continues; fluxforge.train.schedule.lr_factor).
+    task continues; fluxforge.train.schedule.lr_factor). ``optimizer``: how to build the optimizer (default
+    :func:`adamw`), e.g. :meth:`fluxforge.continual.methods.UpdateMethod.optimizer`.
     """
     if cfg.deepspeed.stage or os.environ.get(CONFIG_ENV):
-        return DeepSpeedEngine(model, cfg, continuing, anneal)
-    return PlainEngine(model, cfg, continuing, anneal)
+        return DeepSpeedEngine(model, cfg, continuing, anneal, optimizer)
+    return PlainEngine(model, cfg, continuing, anneal, optimizer)
 
 
 # ----------------------------------------------------------------------------- plain torch
@@ -140,14 +150,15 @@ class PlainEngine:
     signature = ""
     is_main = True
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True,
+                 optimizer: OptimizerFactory | None = None) -> None:
         self.device = resolve_device(cfg.device)
         self.compute_dtype = resolve_precision(cfg.precision, self.device)
         self.home = next(model.parameters()).device
         self.module = self.model = model.to(self.device)
         self.compile = cfg.compile
         self.grad_clip, self.grad_accum = cfg.grad_clip, cfg.grad_accum
-        self.opt = adamw(model, cfg, fused=self.device.type == "cuda")
+        self.opt = optimizer(model, cfg) if optimizer else adamw(model, cfg, fused=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
 
@@ -235,7 +246,8 @@ class PlainEngine:
                               f"this model needs {sizes[0]} (another architecture); use init_mode: weights")
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for i, st in theirs["state"].items():
-            shape = st["exp_avg"].shape if "exp_avg" in st else None
+            # GaLore (continual.methods) keeps the moments of a projected matrix in its rank-r subspace
+            shape = st["exp_avg"].shape if "exp_avg" in st and "projector" not in st else None
             if shape is not None and shape != params[int(i)].shape:
                 raise EngineError(f"init_mode {mode!r}: optimizer state {i} has shape {tuple(shape)} but the parameter "
                                   f"is {tuple(params[int(i)].shape)}; the parent is another architecture")
@@ -396,7 +408,8 @@ def tensors_only_checkpoint_engine(engine) -> object:  # noqa: ANN001 - a deepsp
 class DeepSpeedEngine:
     """ZeRO 1/2/3 around the caller's module; the same optimizer, schedule and clipping as :class:`PlainEngine`."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, continuing: bool = False, anneal: bool = True,
+                 optimizer: OptimizerFactory | None = None) -> None:
         init_distributed()
         import deepspeed
         import torch.distributed as dist
@@ -414,7 +427,7 @@ class DeepSpeedEngine:
         self.device0 = next(model.parameters()).device
         self.dtypes = {n: p.dtype for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        opt = adamw(model, cfg)
+        opt = optimizer(model, cfg) if optimizer else adamw(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                              config=self.config)

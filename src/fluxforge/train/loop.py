@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from fluxforge.config import TrainConfig
 from fluxforge.runtime import set_threads
-from fluxforge.train.engine import make_engine
+from fluxforge.train.engine import OptimizerFactory, make_engine
 from fluxforge.train.flops import Peak, device_peak, flops_per_token
 from fluxforge.train.packing import document_attention
 from fluxforge.train.sampler import Batch, Sampler, as_batch
@@ -104,6 +104,7 @@ def train(
     on_log: LogHook | None = None,
     export: dict | None = None,
     anneal: bool = True,
+    optimizer: OptimizerFactory | None = None,
 ) -> list[dict]:
     """Train in place and return the logged history (step, loss, lr, tokens, elapsed, tokens/s, MFU, resumed_from).
 
@@ -127,6 +128,8 @@ def train(
     ``anneal=False`` keeps a wsd/infinite schedule on its constant level (a continual trunk; the annealed,
     deployable copy resumes the trunk's checkpoint at :func:`fluxforge.train.schedule.anneal_start` with
     ``anneal=True``: both schedules agree on every step before it).
+    ``optimizer`` builds the optimizer (default: AdamW over the trainable parameters, engine.adamw); an update
+    method brings its own (fluxforge.continual.methods).
     ``export``, when given, is filled with the final optimizer/scaler/RNG state (what a model directory's
     ``training_state/`` keeps so that a later task can initialise from it).
     """
@@ -135,7 +138,7 @@ def train(
     set_threads()
     fingerprint = run_fingerprint(model, sampler, cfg, desc)  # before an engine shards or casts the weights
     continuing = init_state is not None and cfg.init_mode == "full"  # the schedule picks up without re-warming
-    eng = make_engine(model, cfg, continuing, anneal)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
+    eng = make_engine(model, cfg, continuing, anneal, optimizer)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
     fingerprint += eng.signature
     start, history = 0, []
     state = eng.load(checkpoint_dir, fingerprint) if checkpoint_dir else None

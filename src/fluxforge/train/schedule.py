@@ -1,6 +1,6 @@
 """Learning-rate schedules as multiplicative factors of the peak LR (``cfg.lr``), for ``LambdaLR``.
 
-Four schedules (``cfg.schedule``):
+Five schedules (``cfg.schedule``):
 
 - ``cosine``: linear warmup, then cosine to ``min_lr_ratio``. The final LR is exactly
   ``lr * min_lr_ratio``; a *moderate* ratio (not ~0) keeps the last data useful, which matters
@@ -15,6 +15,9 @@ Four schedules (``cfg.schedule``):
   phase can run "forever": the LR before the anneal depends on no horizon, so a run can be
   extended, or continued on new data, without re-warming.
 - ``constant``: warmup, then the peak.
+- ``rsqrt`` (FoMo-in-Flux's ``rsqrt``, methods.md section 8): warmup, then ``floor + (1 - floor) sqrt(W / s)``
+  (W warmup steps, floor ``min_lr_ratio``), then a linear cooldown over the last ``decay_fraction`` of the
+  steps to ``min_lr_ratio`` (FoMo cools down to 0 over the last 10%; here the final ratio is the repo's).
 
 Step convention (all schedules): the factor for step ``s`` (0-based) is the LR of the ``s``-th
 optimizer step, as ``LambdaLR`` applies it. Warmup is ``(s+1)/W`` for ``s < W`` (the repo's
@@ -76,6 +79,8 @@ def lr_factor(cfg: TrainConfig, continuing: bool = False, anneal: bool = True) -
         return with_warmup(_wsd(cfg, anneal))
     if cfg.schedule == "infinite":
         return with_warmup(_infinite(cfg, continuing, anneal))
+    if cfg.schedule == "rsqrt":
+        return with_warmup(_rsqrt(cfg))
     return with_warmup(lambda step: 1.0)
 
 
@@ -166,6 +171,35 @@ def _infinite(cfg: TrainConfig, continuing: bool, anneal: bool) -> Schedule:
         return const
 
     return f
+
+
+def _rsqrt(cfg: TrainConfig) -> Schedule:
+    floor, warm, last = cfg.min_lr_ratio, cfg.warmup_steps, cfg.steps - 1
+    start = cfg.steps - wsd_decay_steps(cfg.steps, cfg.decay_fraction)
+
+    def rsqrt(step: int) -> float:
+        return floor + (1 - floor) * math.sqrt(warm / max(step, warm))
+
+    def f(step: int) -> float:
+        if step < start:
+            return rsqrt(step)
+        ref = rsqrt(start)  # the cooldown runs linearly from where the decay left off down to the final ratio
+        return ref + (floor - ref) * _progress(step, start, last)
+
+    return f
+
+
+def meta_rsqrt_peak(lr: float, min_lr: float, task: int, steps: int, warmup: int) -> float:
+    """Task ``task``'s peak LR under FoMo-in-Flux's autoregressive ``rsqrt_with_recovery`` meta-schedule.
+
+    ``base_lr_t = min + sqrt((t + 1) W / (t S + W)) (lr - min)`` for ``t >= 1`` (S steps per task, W warmup
+    steps), ``lr`` for the first task: each task re-warms to the LR an rsqrt decay over all the steps so far
+    would have reached, so the peaks fall as ``1/sqrt(t)`` (FoMo's ``base_continual_learner.py``).
+    """
+    if task == 0:
+        return lr
+    ratio = math.sqrt((task + 1) * warmup / (task * steps + warmup))
+    return min_lr + min(ratio, 1.0) * (lr - min_lr)
 
 
 def meta_cosine_peak(lr: float, min_lr: float, task: int, steps: int, warmup: int) -> float:

@@ -1,4 +1,5 @@
-"""Section 5 of the report: the continual stream (score matrices, forgetting metrics, replay choice, stability gap).
+"""Section 5 of the report: the continual stream (update method and budget, score matrices, forgetting metrics, replay
+choice, stability gap).
 
 It reads what the stream stage wrote (metrics/stream.json, plots/stream/gap.csv) and checks it: a missing key
 is a :class:`DataError` naming the file and the key, never a silently empty table.
@@ -122,6 +123,33 @@ def replay(data: dict, where: str) -> dict[str, Any] | None:
     return {"mode": str(record.get("mode", "?")), "rows": rows, "figures": figures}
 
 
+def method_line(method: dict | None) -> str:
+    """``lora (rank 4, alpha 4.0, ...)``: the update method and its settings as the stream recorded them."""
+    if not method:
+        return "finetune (no method recorded: a stream from before update methods)"
+    rest = ", ".join(f"{k} {v}" for k, v in method.items() if k != "method")
+    return f"{method.get('method', '?')}" + (f" ({rest})" if rest else "")
+
+
+def budget(data: dict, where: str) -> dict[str, Any] | None:
+    """The budget table (FoMo-in-Flux's table 4 measured on this model): FLOPs, memory, MAF and steps per method."""
+    record = data.get("budget")
+    if not record:
+        return None
+    methods = need(record, "methods", f"{where} budget")
+    ref = float(need(need(methods, need(record, "reference", f"{where} budget"), f"{where} budget.methods"), "maf",
+                     f"{where} budget.methods.{record['reference']}"))
+    out = []
+    for name, r in methods.items():
+        at = f"{where} budget.methods.{name}"
+        steps = need(r, "steps", at)
+        out.append((str(name), f"{int(r.get('trainable', 0)):,}", num(float(need(r, "step_flops", at)), ".3g"),
+                    num(float(r.get("task_flops", 0.0)), ".3g"), f"{int(need(r, 'memory_bytes', at)) / 2**20:.2f}",
+                    num(float(need(r, "memory_multiplier", at)), ".3f"), num(float(need(r, "maf", at)) / ref, ".3f"),
+                    ", ".join(f"{t} {n}" for t, n in steps.items())))
+    return {"kind": str(record.get("kind", "?")), "rows": out}
+
+
 def ppl_rise_sentence(rise: dict | None) -> str:
     """Relative rise of base-data perplexity from zero-shot to the end of the stream, with vs without replay."""
     if not rise or rise.get("with_replay") is None:
@@ -171,6 +199,7 @@ def stream(metrics: Path | None = None, gap: Path | None = None) -> Markup:
     tasks = [str(t) for t in need(data, "tasks", where)]
     merge, strategy = data.get("merge") or {}, data.get("strategy") or {}
     return render("stream.html.j2", tasks=tasks, ordering=str(data.get("ordering", "?")), schedule=str(data.get("schedule", "?")),
+                  method=method_line(data.get("method")), budget=budget(data, where),
                   merge=str(merge.get("method", "none")), merge_weight=merge.get("weight"), strategy=str(strategy.get("kind", "none")),
                   heatmaps=heatmaps(data, where), metrics=metrics_table(data), replay=replay(data, where),
                   rise=ppl_rise_sentence(data.get("general_ppl_rise")), gap=stability_gap(gap, tasks))
