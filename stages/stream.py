@@ -42,8 +42,10 @@ def main(params: Params) -> None:
         run.metrics(metrics)
         run.tags(tags)
         run.table(budget_columns(res["budget"]), "stream_budget.json")
-    log.info("stream: %s; base-data perplexity rise %s", " -> ".join(res["order"]),
-             {k: f"{v:+.1%}" for k, v in summary["general_ppl_rise"].items()})
+    promise = summary["replay"]["promise"]
+    log.info("stream: %s; base-data perplexity rise %s; planner promise %s", " -> ".join(res["order"]),
+             {k: f"{v:+.1%}" for k, v in summary["general_ppl_rise"].items()},
+             f"held in {promise['held']} of {promise['planned']} tasks" if promise else "(no planned task)")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ from matplotlib.figure import Figure
 from fluxforge import paths as P
 from fluxforge.continual.cmr import plan_ratio
 from fluxforge.continual.metrics import ContinualMetrics
+from fluxforge.continual.promise import Promise, promise_record
 from fluxforge.errors import DataError
 from fluxforge.eval.report import build_report
 from fluxforge.eval.report.figures import heatmap_figure
-from fluxforge.eval.report.stream import cmr_figure, stream
+from fluxforge.eval.report.stream import cmr_figure, promise, stream
 from fluxforge.eval.report.studies import study
 from fluxforge.io import write_json
 
@@ -177,6 +178,22 @@ def test_stream_section_shows_matrices_metrics_replay_and_gap(paths):
         peak = g.loc[g["general_loss"].idxmax()]
         assert f"{peak['general_loss']:.4f} (step {int(peak['step'])})" in page
     assert "general-2024 &rarr; cyber" in page and "merge ema with weight 0.5" in page
+
+
+def test_stream_section_tables_the_planners_promise_and_flags_a_broken_one(paths):
+    data = _stream_files(paths)
+    assert promise(None, "stream.json") is None, "no promise recorded (a stream from before issue 21): no table"
+    data["replay"]["promise"] = promise_record([Promise("general-2024", 0.5, 0.031, 0.012, 0.05),
+                                                Promise("cyber", 0.1, 0.048, 0.23, 0.05, margin=0.0123)])
+    (paths / "metrics" / "stream.json").write_text(json.dumps(data))
+    page = stream()
+    assert "Held in <b>1 of 2</b> planned tasks" in page
+    assert "<tr><td>general-2024</td><td>0.5</td><td>+3.1%</td><td>+1.2%</td><td>+5.0%</td><td>0.0000</td><td>yes</td></tr>" in page
+    assert "<tr><td>cyber</td><td>0.1</td><td>+4.8%</td><td>+23.0%</td><td>+5.0%</td><td>0.0123</td><td><b" in page
+    assert "no: promise broken" in page
+    del data["replay"]["promise"]["tasks"]["cyber"]["realised"]
+    with pytest.raises(DataError, match=r"replay\.promise\.tasks\.cyber: missing key 'realised'"):
+        promise(data["replay"]["promise"], "stream.json replay.promise")
 
 
 def test_stream_section_shows_the_update_method_and_its_budget_table(paths):

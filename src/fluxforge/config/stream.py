@@ -111,6 +111,7 @@ class CMRPlanner(Strict):
     max_general_ppl_rise: NonNegFloat = 0.05  # tolerance: epsilon = ln(1 + this) in loss
     constraint: Literal["final", "max"] = "final"
     eval_docs: PosInt = 48  # held-out documents per loss evaluation
+    closed_loop: bool = True  # tighten each plan by the earlier tasks' realised-minus-predicted rise (continual.promise)
 
 
 class StabilityStrategy(Strict):

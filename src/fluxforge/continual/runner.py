@@ -28,6 +28,7 @@ from fluxforge.config import Params, StreamConfig, StreamTask, TrainConfig
 from fluxforge.continual.budget import BudgetRow, budget_table, measure_cost
 from fluxforge.continual.methods import UpdateMethod, build_method, merge_operator, state_of, task_peak_lr
 from fluxforge.continual.metrics import continual_metrics
+from fluxforge.continual.promise import ClosedLoop, check_promise, promise_record, tolerance
 from fluxforge.continual.replay import ReplayBuffer
 from fluxforge.data.tokenize import load_streams
 from fluxforge.errors import DataError
@@ -161,8 +162,11 @@ def task_config(base: TrainConfig, task: StreamTask, index: int, task_peak: str 
 
 
 def plan_replay(data: Data, evals: EvalSets, tok, model: torch.nn.Module, task: StreamTask, column: str,  # noqa: ANN001
-                cfg: TrainConfig, opt_state: dict | None) -> tuple[float, dict]:
+                cfg: TrainConfig, opt_state: dict | None, margin: float = 0.0) -> tuple[float, dict]:
     """CMR planner: pilot updates over the grid, general (base) and task loss along each, fit, choose.
+
+    ``margin`` (loss units, from :class:`fluxforge.continual.promise.ClosedLoop`) tightens the tolerance:
+    the plan keeps the fitted general loss within ``L_G(0) + ln(1 + max_general_ppl_rise) - margin``.
 
     The grid holds *replay* ratios (params' meaning); the CMR law is stated in the *domain* share of the
     mixture, ``R = 1 - replay`` (Gu et al.: the critical mixture ratio is the largest domain share whose
@@ -185,14 +189,14 @@ def plan_replay(data: Data, evals: EvalSets, tok, model: torch.nn.Module, task: 
         train(pilot, sampler, pilot_cfg, probe=lambda m: {"g": evals.loss(m, tok, BASE), "d": evals.loss(m, tok, column)},
               probe_every=every, probes=points, desc=f"pilot {task.name} r={ratio}")
         curves[round(1.0 - ratio, 12)] = [(p["step"] * tokens_per_step, p["g"], p["d"]) for p in points if p["step"] > 0]
-    eps = math.log1p(pl.max_general_ppl_rise)
-    plan = plan_ratio(curves, baseline, eps, task.budget_tokens, pl.constraint)
+    plan = plan_ratio(curves, baseline, tolerance(pl.max_general_ppl_rise, margin), task.budget_tokens, pl.constraint)
     out = plan.to_dict()
+    out["margin"] = margin
     out["pilots"] = {str(r): [list(map(float, p)) for p in c] for r, c in curves.items()}
     replay = round(1.0 - float(plan.ratio), 12)
     out["replay_ratio"] = replay
-    log.info("stream %s: CMR planner chose domain share R=%.2f, i.e. replay %.2f (feasible=%s), from replay grid %s",
-             task.name, plan.ratio, replay, plan.feasible, pl.grid)
+    log.info("stream %s: CMR planner chose domain share R=%.2f, i.e. replay %.2f (feasible=%s, margin %.4f), from replay "
+             "grid %s", task.name, plan.ratio, replay, plan.feasible, margin, pl.grid)
     return replay, out
 
 
@@ -329,7 +333,8 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
     if opt_state is not None and not method.continues_adamw:
         log.info("stream: %s trains with its own optimizer; the parent's AdamW state is not continued", s.method)
         opt_state = None
-    running, plans, ratios, gap = None, {}, {}, []
+    running, plans, ratios, gap, promises = None, {}, {}, [], []
+    loop = ClosedLoop(enabled=s.planner.closed_loop)
     for i, name in enumerate(order):
         task = by_name[name]
         cfg = task_config(base_cfg, task, i if opt_state is None else i + 1, s.task_peak,  # a continued trunk does not re-warm
@@ -339,7 +344,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
         if not with_replay:
             ratio = 0.0
         elif s.replay.ratio == "planned":
-            ratio, plans[name] = plan_replay(data, evals, tok, model, task, name, cfg, opt_state)
+            ratio, plans[name] = plan_replay(data, evals, tok, model, task, name, cfg, opt_state, loop.margin())
         else:
             ratio = float(s.replay.ratio)
         ratios[name] = ratio
@@ -354,6 +359,10 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
         else:
             method.end_task(model, objective, [], deployed=trained)
         deploy = method.deployable(trained)
+        if name in plans:  # the plan's promise, on the planner's own evaluation documents; the next plan learns from it
+            promises.append(check_promise(name, plans[name], evals.loss(deploy, tok, BASE), s.planner.max_general_ppl_rise,
+                                          plans[name]["margin"]))
+            loop.observe(promises[-1])
         tokens_per_step = cfg.batch_size * cfg.seq_len
         gap += [{"task": name, "step": p["step"], "tokens": p["step"] * tokens_per_step, **p} for p in probes if len(p) > 1]
         data.remember(task)
@@ -365,7 +374,7 @@ def run_stream(params: Params, s: StreamConfig, tok, evals: EvalSets, with_repla
             merged_rows.append(evals.full(merged, tok))
         last = deploy if running is None else merged
     return {"order": order, "rows": rows, "merged_rows": merged_rows if running is not None else None, "plans": plans,
-            "ratios": ratios, "gap": gap, "final": last, "lineage": lineage, "method": method.describe(),
+            "ratios": ratios, "promise": promise_record(promises) if promises else None, "gap": gap, "final": last, "lineage": lineage, "method": method.describe(),
             "budget": budget_record(s.budget.kind, budget)}
 
 
@@ -405,7 +414,7 @@ def summarize(params: Params, s: StreamConfig, res: dict, plain: dict | None = N
             "method": res["method"], "budget": res["budget"],
             "merged_matrix": merged, "metrics": metrics(mats), "merged_metrics": metrics(merged) if merged else None,
             "replay": {"mode": "planned" if s.replay.ratio == "planned" else "fixed", "ratios": res["ratios"],
-                       "plans": res["plans"]},
+                       "plans": res["plans"], "promise": res["promise"]},
             "general_ppl_rise": rise, "merge": s.merge.model_dump(), "strategy": s.strategy.model_dump(),
             "schedule": params.stream_train().schedule, "ordering": s.ordering}
 
@@ -430,5 +439,12 @@ def tracked(summary: dict) -> tuple[dict, dict]:
                "budget_memory_multiplier": mine["memory_multiplier"], "budget_steps": sum(mine["steps"].values()),
                "budget_maf_over_finetune": mine["maf"] / budget["methods"][budget["reference"]]["maf"]}
     tags = {f"fluxforge.cmr.{name}.ratio": str(plan.get("ratio")) for name, plan in summary["replay"]["plans"].items()}
+    if promise := summary["replay"].get("promise"):  # the planner's promise per task, and how many held
+        for name, p in promise["tasks"].items():
+            metrics.update({f"cmr_predicted_rise/{name}": p["predicted"], f"cmr_realised_rise/{name}": p["realised"],
+                            f"cmr_margin/{name}": p["margin"]})
+            tags[f"fluxforge.cmr.{name}.promise"] = "held" if p["held"] else "broken"
+        metrics["cmr_promises_held"] = promise["held"]
+        tags["fluxforge.cmr.promise"] = f"{promise['held']}/{promise['planned']} held"
     tags.update({"fluxforge.method": summary["method"]["method"], "fluxforge.budget": summary["budget"]["kind"]})
     return metrics, tags

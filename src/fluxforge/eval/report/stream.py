@@ -120,7 +120,21 @@ def replay(data: dict, where: str) -> dict[str, Any] | None:
     ratios, plans = record.get("ratios", {}), record.get("plans") or {}
     rows = [(t, num(ratios.get(t), ".3g"), replay_plan(plans.get(t), f"{where} replay.plans.{t}")) for t in need(data, "tasks", where)]
     figures = [png(cmr_figure(t, p, f"{where} replay.plans.{t}")) for t, p in plans.items()]
-    return {"mode": str(record.get("mode", "?")), "rows": rows, "figures": figures}
+    return {"mode": str(record.get("mode", "?")), "rows": rows, "figures": figures,
+            "promise": promise(record.get("promise"), f"{where} replay.promise")}
+
+
+def promise(record: dict | None, where: str) -> dict[str, Any] | None:
+    """The planner's promise per planned task: replay ratio, predicted and realised rise, the bound, held or broken."""
+    if not record:
+        return None
+    rows = []
+    for task, p in need(record, "tasks", where).items():
+        at = f"{where}.tasks.{task}"
+        rows.append((str(task), num(float(need(p, "replay_ratio", at)), "g"), num(float(need(p, "predicted", at)), "+.1%"),
+                     num(float(need(p, "realised", at)), "+.1%"), num(float(need(p, "bound", at)), "+.1%"),
+                     num(float(p.get("margin", 0.0)), ".4f"), bool(need(p, "held", at))))
+    return {"rows": rows, "held": sum(r[-1] for r in rows), "planned": len(rows)}
 
 
 def method_line(method: dict | None) -> str:
