@@ -135,6 +135,25 @@ def set_threads(override: int | None = None) -> int:
     return n
 
 
+def deterministic() -> bool:
+    """Ask torch for its deterministic kernels (``FLUXFORGE_DETERMINISTIC=0`` turns this off); returns whether it did.
+
+    Same commit, params and machine give bitwise identical weights (tests/test_determinism.py). On CPU torch's
+    training kernels are deterministic already and this costs nothing measurable; on CUDA it pins cuBLAS to a fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts, hence set here, before any training) and
+    turns off cuDNN autotuning, which can cost speed. ``warn_only``: an op without a deterministic kernel warns
+    (naming the op) rather than stopping a run. Across CPU types weights still differ (floating point).
+    """
+    if os.environ.get("FLUXFORGE_DETERMINISTIC", "1") == "0":
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return True
+
+
 def run_stage(name: str, fn: Callable[..., None], *args: str, params_path: str | None = None) -> int:
     """Run stage ``name`` (``fn(params, *args)``); return a process exit code (0 ok, 2 bad params, 1 failure).
 

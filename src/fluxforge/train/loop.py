@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fluxforge.config import TrainConfig
-from fluxforge.runtime import set_threads
+from fluxforge.runtime import deterministic, set_threads
 from fluxforge.train.engine import OptimizerFactory, make_engine
 from fluxforge.train.flops import Peak, device_peak, flops_per_token
 from fluxforge.train.packing import document_attention
@@ -136,6 +136,7 @@ def train(
     probes = probes if probes is not None else []
     every = checkpoint_every or cfg.checkpoint_every
     set_threads()
+    deterministic()
     fingerprint = run_fingerprint(model, sampler, cfg, desc)  # before an engine shards or casts the weights
     continuing = init_state is not None and cfg.init_mode == "full"  # the schedule picks up without re-warming
     eng = make_engine(model, cfg, continuing, anneal, optimizer)  # plain torch, or DeepSpeed ZeRO (cfg.deepspeed / FLUXFORGE_DEEPSPEED_CONFIG)
