@@ -106,6 +106,7 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from fluxforge.eval.reference import REFERENCE, against_reference
     from fluxforge.orchestrate import dag
 
     root = Path.cwd()
@@ -134,6 +135,9 @@ def _summary(args: argparse.Namespace) -> int:
         no = f", without replay {rise['without_replay']:+.1%}" if "without_replay" in rise else ""
         print(f"  stream       : {' -> '.join(sm['tasks'])}; replay {ratios} ({sm['replay']['mode']}); "
               f"base-data ppl {rise['with_replay']:+.1%}{no}")
+        print(f"                 with replay {against_reference('stream_rise_planned', rise['with_replay'], root / REFERENCE)}")
+        if promise := sm["replay"].get("promise"):
+            print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
     if reg.exists():
         r = json.loads(reg.read_text())
         state = "promoted to champion" if r["promoted"] else "NOT promoted (champion unchanged)"

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from fluxforge import paths as P
 from fluxforge.errors import DataError
+from fluxforge.eval.reference import REFERENCE, against_reference
 from fluxforge.eval.report.figures import cmr_figure as draw_cmr
 from fluxforge.eval.report.figures import heatmap_figure, png, stability_gap_figure
 from fluxforge.eval.report.render import need, not_run, num, render
@@ -180,6 +181,13 @@ def ppl_rise_sentence(rise: dict | None) -> str:
     return f"{text}, and {phrase(wo)} without replay: {verdict}."
 
 
+def reference_note(rise: dict | None, path: Path = REFERENCE) -> str:
+    """Where the run's rise with replay lies against the multi-seed reference (benchmarks/evidence.json)."""
+    if not rise or rise.get("with_replay") is None:
+        return ""
+    return f" The rise with replay is {against_reference('stream_rise_planned', float(rise['with_replay']), path)}."
+
+
 def stability_gap(path: Path, tasks: list[str]) -> dict[str, Any]:
     """General and domain loss vs step early in each task: the dip (a loss spike) and the recovery, per task."""
     if not path.exists():
@@ -216,4 +224,5 @@ def stream(metrics: Path | None = None, gap: Path | None = None) -> Markup:
                   method=method_line(data.get("method")), budget=budget(data, where),
                   merge=str(merge.get("method", "none")), merge_weight=merge.get("weight"), strategy=str(strategy.get("kind", "none")),
                   heatmaps=heatmaps(data, where), metrics=metrics_table(data), replay=replay(data, where),
-                  rise=ppl_rise_sentence(data.get("general_ppl_rise")), gap=stability_gap(gap, tasks))
+                  rise=ppl_rise_sentence(data.get("general_ppl_rise")) + reference_note(data.get("general_ppl_rise")),
+                  gap=stability_gap(gap, tasks))

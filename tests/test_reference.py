@@ -1,0 +1,27 @@
+"""The report knows its noise (issue 21 item 2): a run's number against the multi-seed reference interval."""
+
+import json
+
+from fluxforge.eval.reference import against_reference
+from fluxforge.eval.report.stream import reference_note
+
+
+def test_a_number_is_inside_or_outside_the_reference_interval(tmp_path):
+    ref = tmp_path / "evidence.json"
+    ref.write_text(json.dumps({"profile": "tiny", "effects": {"stream_rise_planned": {"n": 3, "ci95": [-0.40, -0.20]}}}))
+    assert against_reference("stream_rise_planned", -0.30, ref).startswith("inside the reference interval [-0.400, -0.200]")
+    assert "(3 seeds, profile tiny)" in against_reference("stream_rise_planned", -0.30, ref)
+    assert against_reference("stream_rise_planned", 0.23, ref).startswith("OUTSIDE the reference interval")
+    assert reference_note({"with_replay": 0.23}, ref) == (" The rise with replay is OUTSIDE the reference interval "
+                                                         "[-0.400, -0.200] (3 seeds, profile tiny).")
+
+
+def test_a_missing_or_malformed_reference_is_said_not_a_crash(tmp_path):
+    missing = tmp_path / "evidence.json"
+    assert against_reference("stream_rise_planned", 0.1, missing) == (
+        f"no reference interval ({missing} is missing: run benchmarks/evidence.py)")
+    missing.write_text("{not json")
+    assert "no reference interval for stream_rise_planned" in against_reference("stream_rise_planned", 0.1, missing)
+    missing.write_text(json.dumps({"effects": {}}))
+    assert "KeyError" in against_reference("stream_rise_planned", 0.1, missing)
+    assert reference_note(None, missing) == ""
