@@ -115,6 +115,10 @@ def test_stream_and_studies_ran_and_show_in_the_report(repo):
         plan = stream["replay"]["plans"][task]
         assert plan["replay_ratio"] == stream["replay"]["ratios"][task] == pytest.approx(1 - plan["ratio"])
         assert set(plan["fits"]) == {str(1 - r) for r in (0.1, 0.5)} and plan["pilots"]
+        kept = stream["replay"]["promise"]["tasks"][task]  # the plan's promise, checked after the task
+        assert kept["replay_ratio"] == plan["replay_ratio"] and kept["bound"] == 0.05
+        assert kept["held"] == (kept["realised"] <= kept["bound"])
+    assert stream["replay"]["promise"]["planned"] == 2
     assert "without_replay" in stream["general_ppl_rise"] and stream["merged_matrix"] is not None
     gap = (repo / "plots" / "stream" / "gap.csv").read_text().splitlines()
     assert gap[0] == "task,step,tokens,general_loss,domain_loss" and len(gap) > 2

@@ -1,0 +1,84 @@
+"""Evidence over seeds: the stream's headline effects over several seeds, with mean, spread and 95 % interval.
+
+Usage (from the repo root):  python benchmarks/evidence.py --profile tiny --seeds 0 1 2 [--repo DIR]
+A repository of the pipeline with ``--profile`` merged over params.yaml is reproduced up to the ``stream`` stage
+once (or ``--repo``, one already reproduced, is reused); then per seed ``stream.seed`` and ``stream.train.seed``
+are set and ``dvc repro stream`` reruns the stream alone. Per effect: mean, sample standard deviation and the
+95 % Student-t interval of the mean. Writes benchmarks/evidence.json (the reference intervals) and the
+"Evidence over seeds" section of BENCHMARKS.md with the machine, the date and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+from report_md import machine, replace_section  # noqa: E402
+
+from pipeline_repo import make_repo, run  # noqa: E402
+
+EFFECTS = {  # effect -> (label, how to read it from metrics/stream.json)
+    "stream_rise_planned": ("stream: base-data ppl rise with CMR-planned replay", lambda m: m["general_ppl_rise"]["with_replay"]),
+    "stream_rise_no_replay": ("stream: base-data ppl rise without replay", lambda m: m["general_ppl_rise"]["without_replay"]),
+    "stream_promises_held": ("stream: planned tasks whose promise held (fraction)",
+                             lambda m: m["replay"]["promise"]["held"] / m["replay"]["promise"]["planned"]),
+}
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sample sd and the two-sided 95 % Student-t interval of the mean."""
+    x = np.asarray(values, dtype=float)
+    sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    half = float(stats.t.ppf(0.975, len(x) - 1) * sd / np.sqrt(len(x))) if len(x) > 1 else 0.0
+    return {"values": x.tolist(), "n": len(x), "mean": float(x.mean()), "sd": sd,
+            "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
+
+
+def stream_at_seed(repo: Path, seed: int) -> dict:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["stream"]["seed"] = seed
+    params["stream"].setdefault("train", {})["seed"] = seed
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "stream"], repo)
+    return json.loads((repo / "metrics" / "stream.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="tiny", help="profile merged over params.yaml ('none': params.yaml as it is)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--repo", type=Path, help="a pipeline repository to reuse (else one is built under --work)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fluxforge-evidence"))
+    args = ap.parse_args()
+    if len(args.seeds) < 3:
+        ap.error("evidence needs >= 3 seeds")
+    repo = args.repo or make_repo(args.work / "repo", None if args.profile == "none" else args.profile)
+    runs = {seed: stream_at_seed(repo, seed) for seed in args.seeds}
+    effects = {k: {"label": label, **interval([get(m) for m in runs.values()])} for k, (label, get) in EFFECTS.items()}
+    command = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
+    record = {"date": dt.date.today().isoformat(), "machine": machine(), "command": command, "profile": args.profile,
+              "seeds": args.seeds, "effects": effects,
+              "promises": {str(s): m["replay"]["promise"] for s, m in runs.items()}}
+    (ROOT / "benchmarks" / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
+    rows = "\n".join(f"| {e['label']} | {', '.join(f'{v:+.3f}' for v in e['values'])} | {e['mean']:+.3f} | {e['sd']:.3f} | "
+                     f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] |" for e in effects.values())
+    body = (f"Machine: {machine()}. Date: {record['date']}. Command: `{command}` (profile {args.profile}; per seed, "
+            f"`stream.seed` and `stream.train.seed` are set and `dvc repro stream` reruns the stream alone).\n\n"
+            f"| effect | per seed ({', '.join(map(str, args.seeds))}) | mean | sd | 95 % interval (t) |\n|---|---|---|---|---|\n"
+            f"{rows}\n\nThe intervals are kept in benchmarks/evidence.json (the reference the report compares a run with).")
+    replace_section(ROOT / "BENCHMARKS.md", "Evidence over seeds", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
