@@ -44,8 +44,14 @@ def interval(values: list[float]) -> dict:
             "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
 
 
-def stream_at_seed(repo: Path, seed: int) -> dict:
+def stream_at_seed(repo: Path, seed: int, overrides: list[list[str]]) -> dict:
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides:
+        *path, last = key.split(".")
+        node = params
+        for part in path:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
     params["stream"]["seed"] = seed
     params["stream"].setdefault("train", {})["seed"] = seed
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -59,11 +65,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repo", type=Path, help="a pipeline repository to reuse (else one is built under --work)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fluxforge-evidence"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                    help="a params override for every seed, e.g. stream.planner.pilot_steps=20 (a reduced scale)")
     args = ap.parse_args()
     if len(args.seeds) < 3:
         ap.error("evidence needs >= 3 seeds")
     repo = args.repo or make_repo(args.work / "repo", None if args.profile == "none" else args.profile)
-    runs = {seed: stream_at_seed(repo, seed) for seed in args.seeds}
+    overrides = [kv.split("=", 1) for kv in args.set]
+    runs = {seed: stream_at_seed(repo, seed, overrides) for seed in args.seeds}
     effects = {k: {"label": label, **interval([get(m) for m in runs.values()])} for k, (label, get) in EFFECTS.items()}
     command = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
     record = {"date": dt.date.today().isoformat(), "machine": machine(), "command": command, "profile": args.profile,
