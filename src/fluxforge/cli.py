@@ -405,7 +405,7 @@ The input format comes from each file's suffix: .jsonl, .jsonl.gz, .parquet, .tx
             licence, default_timestamp, txt_split, heading_pattern, max_doc_chars, name
             (.txt files need txt_split, domain and default_timestamp)
   filters:  as params.yaml data.filters     dedup:  as data.dedup
-  runner:   as data.runner (kind process|thread|serial|dask|ray, workers, shard_docs, address)
+  runner:   as data.runner (kind process|thread|serial|ray, workers, shard_docs, address)
 DIR gets curated.parquet, rejected.parquet (every rejected row with its reason and stage) and
 ledger.json (per stage: documents in, kept and rejected per source and reason; the funnel).
 Exit 2 on a bad config, no input files or unreadable input.
@@ -426,11 +426,12 @@ def _curate(args: argparse.Namespace) -> int:
     quiet_env()
     setup_logging()
     from fluxforge.data.curate import curate, load_config, main_summary
-    from fluxforge.orchestrate.runners import shard_runner
+    from fluxforge.orchestrate.runners import dedup_engine, shard_runner
 
     try:
-        runner = shard_runner(load_config(args.config).runner)  # the config's runner: section maps the shards
-        ledger = curate(args.input, args.output, args.config, index=args.index, runner=runner)
+        cfg = load_config(args.config).runner  # the config's runner: section maps the shards and runs dedup
+        ledger = curate(args.input, args.output, args.config, index=args.index, runner=shard_runner(cfg),
+                        engine=dedup_engine(cfg))
     except FluxForgeError as err:
         print(f"fluxforge curate: {err}", file=sys.stderr)
         return 2
