@@ -22,15 +22,10 @@ pytestmark = pytest.mark.slow  # PostgreSQL (~6 s) and an MLflow server on it (~
 
 
 def _sql(uri: str, query: str, *args: object) -> list[tuple]:
-    import psycopg2
+    import psycopg
 
-    con = psycopg2.connect(uri)
-    try:
-        with con.cursor() as cur:
-            cur.execute(query, args)
-            return cur.fetchall()
-    finally:
-        con.close()
+    with psycopg.connect(uri) as con:
+        return con.execute(query, args).fetchall()
 
 
 def _run(cmd: list[str], cwd: Path, tracking_uri: str) -> str:
@@ -85,4 +80,4 @@ def test_infra_runs_the_postgres_and_mlflow_versions_the_tests_run(postgres):
     postgres_images = {i for i in images if i.startswith("postgres:")}
     assert postgres_images == {f"postgres:{PG_MAJOR}"}, postgres_images
     assert f"FROM ghcr.io/mlflow/mlflow:v{version('mlflow')}" in (infra / "mlflow" / "Dockerfile").read_text()
-    assert f"psycopg2-binary=={version('psycopg2-binary')}" in (infra / "mlflow" / "Dockerfile").read_text()
+    assert f"psycopg[binary]=={version('psycopg')}" in (infra / "mlflow" / "Dockerfile").read_text()

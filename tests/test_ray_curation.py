@@ -4,7 +4,6 @@ in-process result, and survives a worker killed with SIGKILL in the middle of th
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -17,7 +16,7 @@ import pytest
 
 from fluxforge.config import DedupConfig, RunnerConfig
 from fluxforge.data.dedup import MinHashIndex, dedup
-from fluxforge.orchestrate.runners import dedup_engine, shard_runner
+from fluxforge.orchestrate.runners import dedup_engine
 from ray_nodes import Cluster, Node, ray_cluster
 
 pytestmark = pytest.mark.slow  # a two-node cluster starts in ~20 s here
@@ -123,8 +122,8 @@ def test_filter_and_dedup_stages_on_the_cluster_match_in_process_after_sigkill(c
     from fluxforge.config import Source, load_params
     from fluxforge.data.documents import read_docs, write_docs
     from fluxforge.data.ledger import Ledger
-    from fluxforge.io import write_json
     from fluxforge.data.sources import read_source
+    from fluxforge.io import write_json
     from fluxforge.world import generate_world
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", profile="tiny")

@@ -87,28 +87,22 @@ def _initdb(data_dir: Path, user: str, password: str, log: Path | None, user_os:
 
 
 def _can_connect(uri: str) -> bool:
-    import psycopg2
+    import psycopg
 
     try:
-        psycopg2.connect(uri, connect_timeout=2).close()
+        psycopg.connect(uri, connect_timeout=2).close()
         return True
-    except psycopg2.OperationalError:
+    except psycopg.OperationalError:
         return False
 
 
 def _create_database(admin_uri: str, database: str) -> None:
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
 
-    con = psycopg2.connect(admin_uri)
-    try:
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    finally:
-        con.close()
+    with psycopg.connect(admin_uri, autocommit=True) as con:
+        if con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def start_postgres(data_dir: Path | str, *, database: str = "mlflow", user: str = "mlflow", password: str | None = None,

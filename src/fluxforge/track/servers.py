@@ -248,7 +248,7 @@ MLflow tracking server: metadata in --backend (a SQLite or Postgres URI; default
 $MLFLOW_BACKEND_STORE_URI), artifacts proxied to --artifacts (s3://BUCKET/PREFIX). The server
 needs S3 credentials in its own environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_DEFAULT_REGION, or a cloud role) and, for a non-AWS store such as moto or MinIO, the
-endpoint in --s3-endpoint or $MLFLOW_S3_ENDPOINT_URL. A Postgres backend needs psycopg2 installed.
+endpoint in --s3-endpoint or $MLFLOW_S3_ENDPOINT_URL. A Postgres backend needs psycopg 3 installed (psycopg[binary], in the dev extra).
 Clients need only MLFLOW_TRACKING_URI=http://HOST:PORT (or tracking.tracking_uri in params.yaml)."""
 S3_HELP = """\
 In-memory moto S3 server with --bucket created, for trials and CI. Needs AWS_ACCESS_KEY_ID and
