@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import mlflow_server, pg_mlflow_server, postgres, s3_server, tracking_uri  # noqa: F401 - session servers
+from servers import mlflow_server, pg_mlflow_server, postgres, prefect_server, s3_server, tracking_uri  # noqa: F401 - session servers for the tests that need them
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

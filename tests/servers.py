@@ -12,7 +12,7 @@ process (:mod:`fluxforge.track.postgres`); it starts only for the tests that ask
 
 Import the fixtures into ``tests/conftest.py``::
 
-    from servers import mlflow_server, pg_mlflow_server, postgres, s3_server, tracking_uri  # noqa: F401
+    from servers import mlflow_server, pg_mlflow_server, postgres, prefect_server, s3_server, tracking_uri  # noqa: F401
 """
 
 from __future__ import annotations
@@ -112,6 +112,35 @@ def pg_mlflow_server(postgres: Postgres, s3_server: S3Server, tmp_path_factory: 
     with servers.mlflow_server(postgres.uri, artifacts, s3_endpoint=s3_server.endpoint_url, env=s3_server.env,
                                log=root / "server.log", timeout=180) as srv:
         yield PgMlflowServer(srv.url, postgres, artifacts, root / "server.log")
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    """``prefect server start`` on loopback: workers cannot use Prefect's temporary in-process server."""
+
+    api_url: str
+    home: Path
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    import sys
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
+           "PREFECT_SERVER_UI_ENABLED": "false"}
+
+    def start(port: int) -> servers.Server:
+        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", servers.LOOPBACK, "--port", str(port)]
+        return servers.spawn("Prefect server", argv, f"http://{servers.LOOPBACK}:{port}", "/api/health",
+                             env=servers.child_env(env), log=home / "server.log", timeout=180)
+
+    server = servers.on_free_port(start, None)
+    try:
+        yield PrefectServer(f"{server.url}/api", home, home / "server.log")
+    finally:
+        servers.stop(server)
 
 
 @contextmanager

@@ -260,6 +260,11 @@ def _refresh(args: argparse.Namespace) -> int:
                   f"`fluxforge rebuild {m['model_name']}/{m['version']}`")
         elif "why" in m:
             print(f"  lineage: v{m['version']} is not rebuildable: {m['why']}")
+    for stage, h in result.get("gpu", {}).items():
+        here, there = h["seconds_here"], h["seconds_there"]
+        print(f"  gpu: {stage} ran in {h['checkout']} ({h['status_there']}); there: pull {there.get('pull', 0):.1f} s, "
+              f"stage {there.get('stage', 0):.1f} s, push {there.get('push', 0):.1f} s; here: push {here['push']:.1f} s, "
+              f"flow run {here['flow_run']:.1f} s, pull {here['pull']:.1f} s")
     if result.get("commit"):
         print(f"  committed params.yaml + dvc.lock as {result['commit'][:12]}")
     return 0
