@@ -75,7 +75,6 @@ def test_prefect_yaml_loads_with_prefects_loader(deploy_config) -> None:
 
 
 def test_entrypoints_resolve_to_the_refresh_flows(deploy_config) -> None:
-    import flows.refresh
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
