@@ -8,6 +8,7 @@ STAMP    := $(VENV)/.installed
 export DVC_NO_ANALYTICS          := 1
 export GX_ANALYTICS_ENABLED      := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED   := 0
 export DS_ACCELERATOR            ?= cpu
 export TOKENIZERS_PARALLELISM    := false
 export HF_HUB_OFFLINE            := 1
@@ -15,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY  := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH                      := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run repro test test-fast bench report clean help
+.PHONY: install postgres-server run repro test test-fast bench report clean help
 
 help:            ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,7 +50,19 @@ repro: install   ## install, check params, then `dvc repro` (STAGE=NAME: that st
 	$(BIN)/fluxforge check-params
 	$(BIN)/dvc repro $(STAGE)
 
-test: install    ## install, then run the whole test suite (slow e2e included)
+# The shared-registry tests start a real PostgreSQL server (tests/test_postgres_tracking.py): Debian's server
+# binaries, the same major version infra/ pins. Installed once (as root, through apt) when no server binary is there;
+# when one is, this costs one `ls`. Debian's package would also create and start a cluster of its own on port 5432:
+# createcluster.conf says not to, since the tests start theirs in a temporary folder.
+postgres-server: ## the PostgreSQL server binaries the tests start (Debian's postgresql package)
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL (apt-get install postgresql) for the shared-registry tests"; \
+	  mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL's server is missing: sudo apt-get install postgresql (or set PG_BIN)"; exit 1; fi
+
+test: install postgres-server ## install, then run the whole test suite (slow e2e included)
 	$(BIN)/python -m pytest
 
 test-fast: install ## unit tests only (skips the slow end-to-end tests)

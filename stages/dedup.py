@@ -10,6 +10,7 @@ from fluxforge.data.dedup import dedup
 from fluxforge.data.documents import read_docs
 from fluxforge.data.ledger import funnel, headline, write_split
 from fluxforge.io import write_json
+from fluxforge.orchestrate.runners import dedup_engine
 from fluxforge.runtime import stage
 from fluxforge.track.runs import stage_run
 from fluxforge.world.scoring import planted_labels, score_against_labels
@@ -20,7 +21,7 @@ log = logging.getLogger("fluxforge.stage.dedup")
 @stage
 def main(params: Params) -> None:
     df = read_docs(P.FILTERED / "kept.parquet")
-    kept, rejected, stats = dedup(df, params.data.dedup)
+    kept, rejected, stats = dedup(df, params.data.dedup, engine=dedup_engine(params.data.runner))
     # the curated boundary's contract: what training reads. A failure stops here, before data/curated exists.
     report = P.REPORTS / "contracts" / "curated.json"
     write_json(P.METRICS / "contract_curated.json",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 import yaml
 
-from servers import mlflow_server, s3_server, tracking_uri  # noqa: F401 - session servers for tests that need them
+from servers import mlflow_server, pg_mlflow_server, postgres, prefect_server, s3_server, tracking_uri  # noqa: F401 - session servers for the tests that need them
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -17,7 +18,9 @@ for key, value in {
     "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "FLUXFORGE_PROGRESS": "0",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+    # every Ray cluster a test starts or joins authenticates with this session's token (nothing written to ~/.ray)
+    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
 }.items():
     os.environ.setdefault(key, value)
 os.environ.pop("MLFLOW_TRACKING_URI", None)

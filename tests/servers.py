@@ -7,14 +7,20 @@ and in ``S3Server.client()``; the test process's own environment never sees them
 proves that MLflow clients need no S3 access (artifacts are proxied by the server).
 The secret is random per session so a test can search for it in what the server stored.
 
+The PostgreSQL-backed server (``pg_mlflow_server``) is a second MLflow server on a real PostgreSQL
+process (:mod:`fluxforge.track.postgres`); it starts only for the tests that ask for it.
+
 Import the fixtures into ``tests/conftest.py``::
 
-    from servers import mlflow_server, s3_server, tracking_uri  # noqa: F401  (pytest fixtures)
+    from servers import mlflow_server, pg_mlflow_server, postgres, prefect_server, s3_server, tracking_uri  # noqa: F401
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from fluxforge.track import servers
+from fluxforge.track.postgres import SERVICE_USER, Postgres, postgres_server
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,68 @@ def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory)
     with servers.mlflow_server(f"sqlite:///{db}", artifacts, s3_endpoint=s3_server.endpoint_url,
                                env=s3_server.env, log=root / "server.log", timeout=180) as srv:
         yield MlflowServer(srv.url, db, artifacts, root / "server.log")
+
+
+@dataclass(frozen=True)
+class PgMlflowServer:
+    """A tracking server whose backend store is PostgreSQL."""
+
+    tracking_uri: str
+    postgres: Postgres
+    artifacts_uri: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A PostgreSQL server on loopback. As root it runs as the ``postgres`` account, which cannot enter pytest's
+    private temporary folders: its data lives in a folder of its own under the system's temp dir."""
+    home = Path(tempfile.mkdtemp(prefix="fluxforge-pg-"))
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(home, SERVICE_USER)
+        with postgres_server(home / "data", log=tmp_path_factory.mktemp("postgres") / "postgres.log") as pg:
+            yield pg
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_mlflow_server(postgres: Postgres, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgMlflowServer]:
+    root = tmp_path_factory.mktemp("mlflow-pg-server")
+    artifacts = f"s3://{s3_server.bucket}/pg-artifacts"
+    with servers.mlflow_server(postgres.uri, artifacts, s3_endpoint=s3_server.endpoint_url, env=s3_server.env,
+                               log=root / "server.log", timeout=180) as srv:
+        yield PgMlflowServer(srv.url, postgres, artifacts, root / "server.log")
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    """``prefect server start`` on loopback: workers cannot use Prefect's temporary in-process server."""
+
+    api_url: str
+    home: Path
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    import sys
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
+           "PREFECT_SERVER_UI_ENABLED": "false"}
+
+    def start(port: int) -> servers.Server:
+        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", servers.LOOPBACK, "--port", str(port)]
+        return servers.spawn("Prefect server", argv, f"http://{servers.LOOPBACK}:{port}", "/api/health",
+                             env=servers.child_env(env), log=home / "server.log", timeout=180)
+
+    server = servers.on_free_port(start, None)
+    try:
+        yield PrefectServer(f"{server.url}/api", home, home / "server.log")
+    finally:
+        servers.stop(server)
 
 
 @contextmanager

@@ -75,16 +75,13 @@ def test_prefect_yaml_loads_with_prefects_loader(deploy_config) -> None:
 
 
 def test_entrypoints_resolve_to_the_refresh_flows(deploy_config) -> None:
-    import flows.refresh
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    if not hasattr(flows.refresh, "gpu_stage"):
-        pytest.skip("flows/refresh.py has no gpu_stage flow yet: the GPU deployment's entrypoint cannot resolve")
     configs, _, _ = deploy_config
     expected = {"nightly": ("fluxforge-refresh", {"root", "profile", "overrides", "gpu_deployment", "push", "commit"}),
-                "gpu": ("fluxforge-gpu-stage", {"root", "stage"})}
+                "gpu": ("fluxforge-gpu-stage", {"root", "stage", "lock", "params", "commit"})}
     names = {}
     for name, (flow_name, params) in expected.items():
         flow = load_flow_from_entrypoint(configs[name]["entrypoint"])  # relative to the repo root, as `prefect deploy`
@@ -105,17 +102,10 @@ def _render(cls: type, template: dict, values: dict) -> Any:
 
 
 def _k8s_config_class() -> type:
-    """The fields of prefect-kubernetes' job configuration (not installed here) on Prefect's own base class."""
-    from prefect.workers.base import BaseJobConfiguration
+    """prefect-kubernetes' own job configuration: what a Kubernetes worker builds from the pool's template."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    class KubernetesJobConfiguration(BaseJobConfiguration):
-        namespace: str
-        job_manifest: dict[str, Any]
-        job_watch_timeout_seconds: int | None = None
-        pod_watch_timeout_seconds: int = 60
-        stream_output: bool = True
-
-    return KubernetesJobConfiguration
+    return KubernetesWorkerJobConfiguration
 
 
 def _defaults(template: dict) -> dict:

@@ -6,7 +6,6 @@ executions are counted from files the worker itself writes, never by mocking.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from functools import partial
@@ -149,26 +148,24 @@ def test_merge_stats_refuses_what_cannot_be_summed():
         merge_stats([{"b": {"ratio": 0.5}}, {"b": {"ratio": 0.25}}])
 
 
-@pytest.mark.parametrize("kind,package", [("dask", "prefect-dask"), ("ray", "prefect-ray")])
-def test_cluster_runners_name_the_missing_package(kind, package, tmp_path):
-    if importlib.util.find_spec(package.replace("-", "_")):
-        pytest.skip(f"{package} is installed here")
-    with pytest.raises(RunnerUnavailable, match=f"pip install {package}"):
-        task_runner(RunnerConfig(kind=kind))
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with pytest.raises(RunnerUnavailable, match=f"needs the {package} package"):  # before any shard runs
-        run_sharded(partial(tagging_step, log_dir=str(logs)), synthetic(10), stage="c", shard_docs=3,
-                    runner=shard_runner(RunnerConfig(kind=kind)), config={}, work_root=tmp_path / "work")
-    assert executions(logs) == []
-
-
-def test_address_only_for_clusters():
+def test_ray_is_not_a_prefect_task_runner_and_dask_is_gone():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="address is used by kind dask or ray only"):
-        RunnerConfig(kind="process", address="tcp://scheduler:8786")
-    assert RunnerConfig(kind="dask", address="tcp://scheduler:8786").address
+    from fluxforge.orchestrate.ray_cluster import RayRunner
+
+    assert isinstance(shard_runner(RunnerConfig(kind="ray")), RayRunner)
+    with pytest.raises(RunnerUnavailable, match="has no Prefect task runner"):
+        task_runner(RunnerConfig(kind="ray"))
+    with pytest.raises(ValidationError, match="'process', 'thread', 'serial' or 'ray'"):
+        RunnerConfig(kind="dask")
+
+
+def test_address_only_for_ray():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="address is used by kind ray only"):
+        RunnerConfig(kind="process", address="auto")
+    assert RunnerConfig(kind="ray", address="ray://head:10001").address
 
 
 @pytest.mark.slow  # a real Prefect server (~25 s to start here) and worker processes

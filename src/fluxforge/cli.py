@@ -264,6 +264,11 @@ def _refresh(args: argparse.Namespace) -> int:
                   f"`fluxforge rebuild {m['model_name']}/{m['version']}`")
         elif "why" in m:
             print(f"  lineage: v{m['version']} is not rebuildable: {m['why']}")
+    for stage, h in result.get("gpu", {}).items():
+        here, there = h["seconds_here"], h["seconds_there"]
+        print(f"  gpu: {stage} ran in {h['checkout']} ({h['status_there']}); there: pull {there.get('pull', 0):.1f} s, "
+              f"stage {there.get('stage', 0):.1f} s, push {there.get('push', 0):.1f} s; here: push {here['push']:.1f} s, "
+              f"flow run {here['flow_run']:.1f} s, pull {here['pull']:.1f} s")
     if result.get("commit"):
         print(f"  committed params.yaml + dvc.lock as {result['commit'][:12]}")
     return 0
@@ -409,7 +414,7 @@ The input format comes from each file's suffix: .jsonl, .jsonl.gz, .parquet, .tx
             licence, default_timestamp, txt_split, heading_pattern, max_doc_chars, name
             (.txt files need txt_split, domain and default_timestamp)
   filters:  as params.yaml data.filters     dedup:  as data.dedup
-  runner:   as data.runner (kind process|thread|serial|dask|ray, workers, shard_docs, address)
+  runner:   as data.runner (kind process|thread|serial|ray, workers, shard_docs, address)
 DIR gets curated.parquet, rejected.parquet (every rejected row with its reason and stage) and
 ledger.json (per stage: documents in, kept and rejected per source and reason; the funnel).
 Exit 2 on a bad config, no input files or unreadable input.
@@ -430,11 +435,12 @@ def _curate(args: argparse.Namespace) -> int:
     quiet_env()
     setup_logging()
     from fluxforge.data.curate import curate, load_config, main_summary
-    from fluxforge.orchestrate.runners import shard_runner
+    from fluxforge.orchestrate.runners import dedup_engine, shard_runner
 
     try:
-        runner = shard_runner(load_config(args.config).runner)  # the config's runner: section maps the shards
-        ledger = curate(args.input, args.output, args.config, index=args.index, runner=runner)
+        cfg = load_config(args.config).runner  # the config's runner: section maps the shards and runs dedup
+        ledger = curate(args.input, args.output, args.config, index=args.index, runner=shard_runner(cfg),
+                        engine=dedup_engine(cfg))
     except FluxForgeError as err:
         print(f"fluxforge curate: {err}", file=sys.stderr)
         return 2

@@ -129,22 +129,24 @@ class ContractsConfig(Strict):
 
 
 class RunnerConfig(Strict):
-    """How a data step runs over shards (:mod:`fluxforge.data.shards`); it never changes the step's output."""
+    """How the filter and dedup steps run (:mod:`fluxforge.data.shards`); it never changes their output."""
 
     # process: a local process pool (Prefect ProcessPoolTaskRunner), for CPU-bound steps; thread: a thread
-    # pool (GIL-bound; I/O steps); serial: one shard after another in this process, no Prefect; dask / ray:
-    # a cluster through the prefect-dask / prefect-ray packages (not installed by default)
-    kind: Literal["process", "thread", "serial", "dask", "ray"] = "process"
-    workers: PosInt | None = None  # null: os.cpu_count()
-    # documents per shard. A corpus of at most this many documents is one shard, run in this process without
-    # Prefect: starting Prefect costs seconds (a server) to tens of seconds (a temporary one); see shards.py
+    # pool (GIL-bound; I/O steps); serial: one shard after another in this process, no Prefect; ray: the
+    # filter's shards and dedup's sketches and LSH buckets on a Ray cluster (fluxforge.orchestrate.ray_cluster)
+    kind: Literal["process", "thread", "serial", "ray"] = "process"
+    workers: PosInt | None = None  # null: os.cpu_count() (ray: CPUs of the local cluster; unused with an address)
+    # documents per shard. A corpus of at most this many documents is one filter shard, run in this process
+    # without Prefect: starting Prefect costs seconds (a server) to tens of seconds (a temporary one); see shards.py
     shard_docs: PosInt = 5000
-    address: str | None = None  # dask scheduler / ray head address; null: a temporary local cluster
+    # ray only: null starts a local cluster for the run; "auto" (a node of the cluster), "HOST:PORT" (the
+    # head's GCS) or "ray://HOST:10001" (Ray Client) joins an existing one
+    address: str | None = None
 
     @model_validator(mode="after")
     def _address_for_clusters(self) -> RunnerConfig:
-        if self.address is not None and self.kind not in ("dask", "ray"):
-            raise ValueError(f"address is used by kind dask or ray only, not '{self.kind}'")
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(f"address is used by kind ray only, not '{self.kind}'")
         return self
 
 

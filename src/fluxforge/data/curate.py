@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from fluxforge.config import DedupConfig, FileKind, FilterConfig, RunnerConfig, Source, read_yaml, validate
-from fluxforge.data.dedup import MinHashIndex, dedup
+from fluxforge.data.dedup import DedupEngine, MinHashIndex, dedup, in_process
 from fluxforge.data.documents import write_docs
 from fluxforge.data.filters.sharded import filter_in_shards
 from fluxforge.data.ledger import Ledger, funnel
@@ -113,13 +113,13 @@ def sources_for(pattern: str, by_format: dict[str, list[Path]], cfg: CurateConfi
 
 # ----------------------------------------------------------------------------- the run
 def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, index: Path | str | None = None,
-           runner: ShardRunner = serial) -> dict:
+           runner: ShardRunner = serial, engine: DedupEngine = in_process) -> dict:
     """Ingest, filter and dedup the files of ``pattern`` into ``out_dir``; return the ledger written there.
 
     ``index``: a :class:`~fluxforge.data.dedup.MinHashIndex` folder of what earlier runs kept (created if
     missing): this run drops duplicates of it and adds its own keepers, so slices curated one after
     another never re-add a document an earlier slice kept. ``runner`` maps the filter over the shards
-    (of the config's ``runner.shard_docs`` documents); the result does not depend on it.
+    (of the config's ``runner.shard_docs`` documents) and ``engine`` runs dedup; the result depends on neither.
     """
     cfg = load_config(config)
     by_format = input_files(pattern)
@@ -142,7 +142,7 @@ def curate(pattern: str, out_dir: Path | str, config: Path | str | None = None, 
             idx = MinHashIndex.load(index, cfg.dedup) if (Path(index) / "index.json").exists() else MinHashIndex(cfg.dedup)
         except ValueError as err:
             raise CurateError(f"--index {index}: {err}") from None
-    curated, bad, stats["dedup"] = dedup(kept, cfg.dedup, index=idx, update_index=idx is not None)
+    curated, bad, stats["dedup"] = dedup(kept, cfg.dedup, index=idx, update_index=idx is not None, engine=engine)
     ledgers["dedup"] = Ledger.balanced("dedup", curated, bad, len(kept))
     rejected.append(bad)
 

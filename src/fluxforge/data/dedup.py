@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,11 @@ class Shingles(NamedTuple):
     def take(self, docs: np.ndarray) -> Shingles:
         lengths = np.diff(self.offsets)[docs]
         return Shingles(self.values[_ragged_arange(self.offsets[docs], lengths)], _offsets(lengths))
+
+    def concat(self, other: Shingles) -> Shingles:
+        """These documents' sets followed by ``other``'s."""
+        return Shingles(np.concatenate([self.values, other.values]),
+                        np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]))
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -233,6 +239,47 @@ def pair_jaccard(sh: Shingles, pairs: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- LSH and clustering
+def band_keys(sig: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """(rows, bands) uint64: one bucket key per LSH band (its ``rows`` MinHash values mixed); equal key = same bucket."""
+    keys = np.zeros((len(sig), cfg.bands), dtype=np.uint64)
+    for band in range(cfg.bands):
+        cols = sig[:, band * cfg.rows : (band + 1) * cfg.rows]
+        key = np.zeros(len(sig), dtype=np.uint64)
+        for j in range(cfg.rows):
+            key = _fmix64(key * _ROLL + cols[:, j])
+        keys[:, band] = key
+    return keys
+
+
+def bucket_pairs(key: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(m, 2) row pairs of one band that share a bucket: each row with its next ``_MAX_BUCKET_OFFSET`` bucket members.
+
+    Members are taken in row order, so any subset of rows holding whole buckets (a shuffle partition)
+    gives exactly the pairs the whole table gives for those buckets.
+    """
+    by_row = np.argsort(rows, kind="stable")
+    key, rows = key[by_row], rows[by_row]
+    order = np.argsort(key, kind="stable")
+    sk, sr = key[order], rows[order]
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for off in range(1, min(_MAX_BUCKET_OFFSET, len(key) - 1) + 1):
+        same = np.flatnonzero(sk[off:] == sk[:-off])
+        if not len(same):
+            break
+        found.append(np.stack([sr[same], sr[same + off]], axis=1).astype(np.int64))
+    return np.concatenate(found)
+
+
+def unique_pairs(found: Sequence[np.ndarray], n: int, fixed: int = 0) -> np.ndarray:
+    """Sorted unique (i < j) pairs of ``found``, dropping pairs of two rows ``< fixed`` (index documents)."""
+    if not found or not sum(len(f) for f in found):
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(found), axis=1).astype(np.int64)
+    pairs = pairs[pairs[:, 1] >= fixed]
+    key = np.unique(pairs[:, 0] * n + pairs[:, 1])  # 1-D unique: far faster than unique(axis=0)
+    return np.stack([key // n, key % n], axis=1)
+
+
 def candidate_pairs(sig: np.ndarray, cfg: DedupConfig, fixed: int = 0) -> np.ndarray:
     """(m, 2) int64 row pairs (i < j) that share all ``rows`` values of some band.
 
@@ -240,26 +287,8 @@ def candidate_pairs(sig: np.ndarray, cfg: DedupConfig, fixed: int = 0) -> np.nda
     Within a bucket each row is paired with its next ``_MAX_BUCKET_OFFSET`` members, so a huge
     bucket (templated text) costs O(size) pairs, not O(size^2); its chain still links it.
     """
-    n = len(sig)
-    found = []
-    for band in range(cfg.bands):
-        cols = sig[:, band * cfg.rows : (band + 1) * cfg.rows]
-        key = np.zeros(n, dtype=np.uint64)
-        for j in range(cfg.rows):
-            key = _fmix64(key * _ROLL + cols[:, j])
-        order = np.argsort(key, kind="stable")
-        sk = key[order]
-        for off in range(1, min(_MAX_BUCKET_OFFSET, n - 1) + 1):
-            same = np.flatnonzero(sk[off:] == sk[:-off])
-            if not len(same):
-                break
-            found.append(np.stack([order[same], order[same + off]], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.sort(np.concatenate(found), axis=1).astype(np.int64)
-    pairs = pairs[pairs[:, 1] >= fixed]
-    key = np.unique(pairs[:, 0] * n + pairs[:, 1])  # 1-D unique: far faster than unique(axis=0)
-    return np.stack([key // n, key % n], axis=1)
+    keys, rows = band_keys(sig, cfg), np.arange(len(sig), dtype=np.int64)
+    return unique_pairs([bucket_pairs(keys[:, band], rows) for band in range(cfg.bands)], len(sig), fixed)
 
 
 def confirm_pairs(pairs: np.ndarray, sig: np.ndarray, cfg: DedupConfig, sh: Shingles | None = None) -> np.ndarray:
@@ -326,8 +355,7 @@ class MinHashIndex:
         self.exact = np.concatenate([self.exact, np.asarray(exact, dtype=np.uint64)])
         self.signatures = np.concatenate([self.signatures, sig])
         if sh is not None:
-            self.shingles = Shingles(np.concatenate([self.shingles.values, sh.values]),
-                                     np.concatenate([self.shingles.offsets, sh.offsets[1:] + self.shingles.offsets[-1]]))
+            self.shingles = self.shingles.concat(sh)
 
     def save(self, path: Path | str) -> None:
         with atomic_dir(Path(path)) as tmp:
@@ -364,13 +392,103 @@ class MinHashIndex:
         return index
 
 
+# ----------------------------------------------------------------------------- sketches, where the work is
+class Sketch(NamedTuple):
+    """One shard's per-document features; a document's values do not depend on the shard it is in."""
+
+    exact: np.ndarray  # uint64 hash of the normalised text
+    signatures: np.ndarray  # (docs, bands*rows) uint64
+    shingles: Shingles | None  # for confirm='jaccard' only
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, Shingles | None]:
+        """(signatures, shingle sets) of ``rows`` of this shard."""
+        return self.signatures[rows], None if self.shingles is None else self.shingles.take(rows)
+
+
+def sketch(texts: Sequence[str] | pd.Series, cfg: DedupConfig) -> Sketch:
+    """Exact hashes, MinHash signatures and (for Jaccard confirmation) shingle sets of ``texts``: the per-document work."""
+    words = _words(texts)
+    sh = shingle_sets(words, cfg)
+    return Sketch(exact_hashes(words), minhash(sh, cfg), sh if cfg.confirm == "jaccard" else None)
+
+
+class Sketches(Protocol):
+    """The sketches of a whole corpus, wherever they are held (this process, or a cluster's object store).
+
+    Rows are the corpus's rows in priority order. ``candidate_pairs`` numbers rows compactly: the
+    ``index_sig`` rows first, then ``members`` in order, and returns what :func:`candidate_pairs`
+    returns for those signatures stacked (``fixed`` = the index rows).
+    """
+
+    def exact(self) -> np.ndarray: ...
+
+    def candidate_pairs(self, members: np.ndarray, index_sig: np.ndarray) -> np.ndarray: ...
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, Shingles | None]: ...
+
+
+class DedupEngine(Protocol):
+    """Where dedup's per-document work and LSH bucketing run; ``kind`` names it in logs. Whatever the engine,
+    :func:`dedup` returns the same tables: it only decides where sketches are computed and buckets grouped."""
+
+    kind: str
+
+    def sketch(self, texts: pd.Series, cfg: DedupConfig) -> AbstractContextManager[Sketches]: ...
+
+
+class LocalSketches:
+    """Every sketch in this process, as one shard."""
+
+    def __init__(self, texts: pd.Series, cfg: DedupConfig) -> None:
+        self.cfg, self.sketch = cfg, sketch(texts, cfg)
+
+    def exact(self) -> np.ndarray:
+        return self.sketch.exact
+
+    def candidate_pairs(self, members: np.ndarray, index_sig: np.ndarray) -> np.ndarray:
+        return candidate_pairs(np.concatenate([index_sig, self.sketch.signatures[members]]), self.cfg, fixed=len(index_sig))
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, Shingles | None]:
+        return self.sketch.take(rows)
+
+
+class InProcess:
+    """The default engine: everything in this process."""
+
+    kind = "in-process"
+
+    def sketch(self, texts: pd.Series, cfg: DedupConfig) -> AbstractContextManager[Sketches]:
+        return nullcontext(LocalSketches(texts, cfg))
+
+
+in_process = InProcess()
+
+
 # ----------------------------------------------------------------------------- the stage
-def dedup(df: pd.DataFrame, cfg: DedupConfig, index: MinHashIndex | None = None,
-          update_index: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _confirmed(pairs: np.ndarray, index: MinHashIndex, index_rows: np.ndarray, members: np.ndarray,
+               sk: Sketches, cfg: DedupConfig) -> np.ndarray:
+    """The candidate pairs (compact rows: index rows, then members) that ``cfg.confirm`` confirms.
+
+    Only the documents in some pair are fetched, so the caller never holds every signature.
+    """
+    if not len(pairs):
+        return pairs
+    involved = np.unique(pairs)
+    old, new = involved[involved < len(index_rows)], involved[involved >= len(index_rows)]
+    sig_new, sh_new = sk.take(members[new - len(index_rows)])
+    sig = np.concatenate([index.signatures[index_rows[old]], sig_new])
+    sh = index.shingles.take(index_rows[old]).concat(sh_new) if cfg.confirm == "jaccard" else None
+    return pairs[confirm_pairs(np.searchsorted(involved, pairs), sig, cfg, sh)]
+
+
+def dedup(df: pd.DataFrame, cfg: DedupConfig, index: MinHashIndex | None = None, update_index: bool = False,
+          engine: DedupEngine = in_process) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Return (kept, rejected with reason and duplicate_of in meta, stats).
 
     With ``index``, documents that duplicate an index document are rejected (pointing at it), and
     ``update_index=True`` appends this batch's keepers to it (save it with ``index.save``).
+    ``engine`` decides where sketches are computed and LSH buckets grouped (this process, or a
+    cluster); the result never depends on it.
     """
     index = index if index is not None else MinHashIndex(cfg)
     if index.cfg != cfg:
@@ -380,20 +498,16 @@ def dedup(df: pd.DataFrame, cfg: DedupConfig, index: MinHashIndex | None = None,
     # priority order: the index first (already published), then earliest, then id
     df = df.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
     fixed, n = len(index), len(df)
-    words = _words(df["text"])
-    exact = np.concatenate([index.exact, exact_hashes(words)])
-    _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)  # first = earliest row per hash
-    exact_rep = first[inverse]  # each row's first exact twin (itself if none earlier)
-    uniq = np.sort(first)
-    new_uniq = uniq[uniq >= fixed] - fixed
-    sh_new = shingle_sets(words.take(pa.array(new_uniq)), cfg)
-    sig_new = minhash(sh_new, cfg)
-    sig = np.concatenate([index.signatures[uniq[uniq < fixed]], sig_new])
-    sh = None
-    if cfg.confirm == "jaccard":
-        old = index.shingles.take(uniq[uniq < fixed])
-        sh = Shingles(np.concatenate([old.values, sh_new.values]), np.concatenate([old.offsets, sh_new.offsets[1:] + old.offsets[-1]]))
-    rep_u, pairs = find_duplicates(sig, cfg, sh, fixed=int((uniq < fixed).sum()))
+    with engine.sketch(df["text"], cfg) as sk:
+        exact = np.concatenate([index.exact, sk.exact()])
+        _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)  # first = earliest row per hash
+        exact_rep = first[inverse]  # each row's first exact twin (itself if none earlier)
+        uniq = np.sort(first)
+        index_rows, members = uniq[uniq < fixed], uniq[uniq >= fixed] - fixed
+        pairs = _confirmed(sk.candidate_pairs(members, index.signatures[index_rows]), index, index_rows, members, sk, cfg)
+        rep_u = representatives(len(uniq), pairs)
+        keep_u = np.flatnonzero(rep_u[len(index_rows):] == np.arange(len(index_rows), len(uniq)))
+        kept_sketch = sk.take(members[keep_u]) if update_index else None
     rep_of_uniq = np.empty(fixed + n, dtype=np.int64)
     rep_of_uniq[uniq] = uniq[rep_u]
     rep = rep_of_uniq[exact_rep][fixed:]  # per df row: the row (index rows first) its cluster keeps
@@ -405,11 +519,9 @@ def dedup(df: pd.DataFrame, cfg: DedupConfig, index: MinHashIndex | None = None,
     rejected["reason"] = kind
     rejected["stage"] = "dedup"
     rejected["meta"] = [json.dumps({**json.loads(m or "{}"), "duplicate_of": r}) for m, r in zip(rejected["meta"], all_ids[rep[dup]])]
-    if update_index:
-        keep_u = np.flatnonzero(rep_u[len(sig) - len(sig_new):] == np.arange(len(sig) - len(sig_new), len(sig)))
-        rows = new_uniq[keep_u]
-        index.add(df["id"].to_numpy(dtype=object)[rows], exact[fixed + rows], sig_new[keep_u],
-                  sh_new.take(keep_u) if cfg.confirm == "jaccard" else None)
+    if kept_sketch is not None:
+        rows = members[keep_u]
+        index.add(df["id"].to_numpy(dtype=object)[rows], exact[fixed + rows], *kept_sketch)
     stats = {"clusters_with_duplicates": int(len(np.unique(rep[dup]))), "near_pairs_confirmed": int(len(pairs)),
              "exact_duplicates": int((kind == "exact_duplicate").sum()), "near_duplicates": int((kind == "near_duplicate").sum()),
              "duplicates_of_index": int((rep[dup] < fixed).sum())}

@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -115,49 +116,115 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
 
 
 @task(cache_policy=NONE, task_run_name="dvc:{direction}")
-def sync(root: str, direction: str) -> str:
-    """``dvc pull`` / ``dvc push`` against the repository's default remote (with retries inside)."""
+def sync(root: str, direction: str, targets: list[str] | None = None, inputs_of: str | None = None) -> str:
+    """``dvc pull`` / ``dvc push`` against the repository's default remote (with retries inside): everything,
+    ``targets`` (stages) only, or (pull) what stage ``inputs_of`` reads."""
     from fluxforge.orchestrate import storage
 
     with repo_lock(root):
-        summary = storage.pull(root) if direction == "pull" else storage.push(root)
+        if direction == "pull":
+            summary = storage.pull(root, targets=targets or (), inputs_of=inputs_of)
+        else:
+            summary = storage.push(root, targets=targets or ())
     get_run_logger().info("dvc %s: %s", direction, summary)
     return str(summary)
 
 
-@flow(name="fluxforge-gpu-stage", log_prints=True)
-def gpu_stage(root: str, stage: str) -> str:
-    """One GPU stage on a GPU machine, in its own checkout ``root``.
+LOCK_FENCE = "```yaml"  # the GPU machine's dvc.lock travels back as a Prefect artifact of its flow run, in this fence
 
-    With a DVC remote, the stage's inputs are pulled first and its outputs pushed after, so the
-    GPU machine needs no shared filesystem with the machine running the refresh.
+
+def _git_head(root: str) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+@flow(name="fluxforge-gpu-stage", log_prints=True)
+def gpu_stage(root: str, stage: str, lock: str | None = None, params: str | None = None, commit: str | None = None) -> str:
+    """One GPU stage on a GPU machine, in its own checkout ``root``, sharing only the DVC remote and the Prefect API.
+
+    A refresh hands over the state it reached: its git ``commit`` (this checkout must be at it: the code is
+    not shipped), its ``params`` (params.yaml) and ``lock`` (dvc.lock). The stage's inputs are pulled from
+    the remote, the stage runs here, its outputs are pushed, and the resulting dvc.lock goes back to the
+    refresh as an artifact of this flow run, so the refresh records exactly what ran here.
     """
+    from prefect.artifacts import create_markdown_artifact
+
     from fluxforge.orchestrate import storage
 
+    logger = get_run_logger()
     dag.get(stage, root)  # a name from outside: it must be a stage of dvc.yaml, never an option for `dvc`
+    if commit is not None and _git_head(root) != commit:
+        raise StageFailed(f"GPU checkout {root} is at commit {_git_head(root)[:12] or '(none)'}, the refresh at "
+                          f"{commit[:12]}: update this checkout (git pull) so both run the same code", transient=False)
+    with repo_lock(root):
+        for name, text in (("params.yaml", params), ("dvc.lock", lock)):
+            if text is not None:
+                (Path(root) / name).write_text(text)
+    checkout = str(Path(root).resolve())
+    logger.info("GPU stage %s in checkout %s", stage, checkout)
     remote = storage.remote_url(root)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     if remote:
-        sync(root, "pull")
+        sync(root, "pull", inputs_of=stage)
+    seconds["pull"], t0 = time.perf_counter() - t0, time.perf_counter()
     status = repro_stage(root, stage)
+    seconds["stage"], t0 = time.perf_counter() - t0, time.perf_counter()
     if status == "ran" and remote:
-        sync(root, "push")
+        sync(root, "push", targets=[stage])
+    seconds["push"] = time.perf_counter() - t0
+    if lock is not None:
+        create_markdown_artifact(markdown=f"{LOCK_FENCE}\n{(Path(root) / 'dvc.lock').read_text()}```\n",
+                                 description=json.dumps({"stage": stage, "checkout": checkout, "status": status,
+                                                         "seconds": {k: round(v, 2) for k, v in seconds.items()}}))
     return status
 
 
-def _run_on_gpu(root: str, stage: str, deployment: str) -> str:
+def _returned(flow_run_id: object) -> tuple[str, dict]:
+    """The dvc.lock a GPU stage's flow run published (the artifact ``gpu_stage`` creates) and its report (where, how long)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    locks = [a for a in found if isinstance(a.data, str) and a.data.startswith(LOCK_FENCE)]
+    if len(locks) != 1:
+        raise StageFailed(f"the GPU flow run {flow_run_id} published {len(locks)} dvc.lock artifacts, not one", transient=False)
+    return locks[0].data.removeprefix(LOCK_FENCE + "\n").removesuffix("```\n"), json.loads(locks[0].description or "{}")
+
+
+def _run_on_gpu(root: str, stage: str, deployment: str) -> dict:
+    """Hand ``stage`` to the GPU deployment: its inputs go up to the remote, the GPU machine's dvc.lock and outputs come back.
+
+    Returns where it ran and the seconds spent: here (push, wait for the worker's flow run, pull) and there
+    (the GPU machine's pull, stage and push), so the cost of the hand-off itself can be read off.
+    """
     from prefect.deployments import run_deployment
 
     from fluxforge.orchestrate import storage
 
+    rootp = Path(root)
+    if not storage.remote_url(root):
+        raise StageFailed(f"GPU stage '{stage}' needs a DVC remote both machines share: the GPU machine gets its inputs "
+                          "and returns its outputs through it (fluxforge.orchestrate.storage.configure_remote)", transient=False)
+    t0 = time.perf_counter()
+    sync(root, "push")  # everything the stage reads, in the remote before the GPU machine asks for it
+    pushed = time.perf_counter()
+    lock = (rootp / "dvc.lock").read_text() if (rootp / "dvc.lock").exists() else ""
     # no root: the deployment's own (the GPU machine's checkout) applies
-    fr = run_deployment(name=deployment, parameters={"stage": stage}, as_subflow=True, timeout=None)
+    fr = run_deployment(name=deployment, as_subflow=True, timeout=None, parameters={
+        "stage": stage, "lock": lock, "params": (rootp / "params.yaml").read_text(), "commit": _git_head(root)})
     if not fr.state or not fr.state.is_completed():
         name = fr.state.name if fr.state else "unknown"
         raise StageFailed(f"GPU stage '{stage}' on deployment {deployment} ended {name}: "
                           f"{fr.state.message if fr.state else ''}", transient=False)
-    if storage.remote_url(root):
-        sync(root, "pull")
-    return f"ran on {deployment}"  # the subflow's own return value is not persisted across machines
+    waited = time.perf_counter()
+    lock, there = _returned(fr.id)
+    with repo_lock(root):
+        (rootp / "dvc.lock").write_text(lock)
+    sync(root, "pull", targets=[stage])
+    here = {"push": pushed - t0, "flow_run": waited - pushed, "pull": time.perf_counter() - waited}
+    return {"status": f"ran on {deployment}", "checkout": there.get("checkout"), "status_there": there.get("status"),
+            "seconds_here": {k: round(v, 2) for k, v in here.items()}, "seconds_there": there.get("seconds", {})}
 
 
 def _read(path: Path) -> dict:
@@ -236,17 +303,19 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
     remote_sources = any(s.path.startswith("s3://") for s in load_params(rootp / "params.yaml").data.sources)
     todo = stages_to_run(rootp, force={"ingest"} if remote_sources else set())
     stages: dict[str, str] = {}
+    handed: dict[str, dict] = {}
     for stage in dag.read(rootp):
         if stage.name not in todo:
             stages[stage.name] = "up to date"
         elif gpu_deployment and stage.gpu:
-            stages[stage.name] = _run_on_gpu(str(rootp), stage.name, gpu_deployment)
+            handed[stage.name] = _run_on_gpu(str(rootp), stage.name, gpu_deployment)
+            stages[stage.name] = handed[stage.name]["status"]
         else:
             stages[stage.name] = repro_stage(str(rootp), stage.name, force=stage.name == "ingest" and remote_sources)
     after = _read(ingest_metrics).get("watermark")
     reg = _read(register_metrics)
     result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},
-              "model": {k: reg.get(k) for k in ("model_name", "version", "promoted", "reasons")}}
+              "model": {k: reg.get(k) for k in ("model_name", "version", "promoted", "reasons")}, "gpu": handed}
     if reg and stages.get("register") == "ran":
         verdict = "promoted to champion" if reg["promoted"] else "challenger, not promoted"
         logger.info("registry: %s v%s %s", reg["model_name"], reg["version"], verdict)

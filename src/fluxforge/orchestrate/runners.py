@@ -1,9 +1,10 @@
 """Map a data step over shards through a Prefect 3 task runner: the parallel :class:`~fluxforge.data.shards.ShardRunner`.
 
 :mod:`fluxforge.data.shards` splits, keys, resumes and merges; this module only runs the shards it is
-handed, on a Prefect task runner (a process or thread pool, or a Dask/Ray cluster through
-prefect-dask / prefect-ray) and hands each result back to the driver, so workers need no shared
-file system. :func:`shard_runner` picks the runner ``data.runner`` asks for.
+handed, on a Prefect task runner (a process or thread pool) and hands each result back to the
+driver, so workers need no shared file system. :func:`shard_runner` picks the runner ``data.runner``
+asks for, and :func:`dedup_engine` where dedup runs: ``kind: ray`` sends both to a Ray cluster
+(:mod:`fluxforge.orchestrate.ray_cluster`), every other kind runs dedup in this process.
 
 Prefect start-up, measured on the project's 2-core machine (shared, load ~2) on 2026-11-26: the
 filter on 21,992 documents (the default world's raw tables x 8), ``shard_docs`` 5000 (5 shards),
@@ -45,16 +46,15 @@ from typing import Any
 import pandas as pd
 
 from fluxforge.config import RunnerConfig
+from fluxforge.data.dedup import DedupEngine, in_process
 from fluxforge.data.shards import Failures, OnDone, ShardRunner, Step, run_step, serial
 from fluxforge.errors import FluxForgeError
 
 log = logging.getLogger(__name__)
 
-CLUSTER_PACKAGES = {"dask": "prefect-dask", "ray": "prefect-ray"}
-
 
 class RunnerUnavailable(FluxForgeError):
-    """The configured runner needs a package that is not installed."""
+    """The configured runner is not a Prefect task runner."""
 
 
 def _prefect_env() -> None:
@@ -66,7 +66,7 @@ def _prefect_env() -> None:
 
 
 def task_runner(cfg: RunnerConfig) -> Any:
-    """The Prefect task runner for ``cfg``; dask/ray say which package is missing."""
+    """The Prefect task runner for ``cfg`` (process, thread, or serial as a one-thread pool)."""
     _prefect_env()
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.kind == "process":
@@ -77,25 +77,7 @@ def task_runner(cfg: RunnerConfig) -> Any:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1 if cfg.kind == "serial" else workers)
-    if cfg.kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise _missing("dask") from None
-        return DaskTaskRunner(address=cfg.address) if cfg.address else DaskTaskRunner(cluster_kwargs={"n_workers": workers})
-    if cfg.kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise _missing("ray") from None
-        return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner(init_kwargs={"num_cpus": workers})
-    raise RunnerUnavailable(f"data.runner.kind '{cfg.kind}' is not one of process, thread, serial, dask, ray")
-
-
-def _missing(kind: str) -> RunnerUnavailable:
-    pkg = CLUSTER_PACKAGES[kind]
-    return RunnerUnavailable(f"data.runner.kind '{kind}' needs the {pkg} package, which is not installed: "
-                             f"pip install {pkg}  (or set data.runner.kind to process, thread or serial)")
+    raise RunnerUnavailable(f"data.runner.kind '{cfg.kind}' has no Prefect task runner (process, thread or serial)")
 
 
 @contextmanager
@@ -120,8 +102,7 @@ def _spawn_safe_main(kind: str) -> Iterator[None]:
 
 class PrefectRunner:
     """A :class:`~fluxforge.data.shards.ShardRunner` over the Prefect task runner of ``cfg``, built when a map
-    starts: a missing dask/ray package is reported before any shard runs, and a run that needs no pool (one
-    shard) never imports Prefect."""
+    starts: a run that needs no pool (one shard) never imports Prefect."""
 
     def __init__(self, cfg: RunnerConfig):
         self.cfg = cfg
@@ -159,5 +140,18 @@ class PrefectRunner:
 
 
 def shard_runner(cfg: RunnerConfig) -> ShardRunner:
-    """The runner ``data.runner`` asks for: in this process for ``serial``, else a Prefect task runner."""
+    """The runner ``data.runner`` asks for: in this process for ``serial``, Ray tasks for ``ray``, else a Prefect task runner."""
+    if cfg.kind == "ray":
+        from fluxforge.orchestrate.ray_cluster import RayRunner
+
+        return RayRunner(cfg)
     return serial if cfg.kind == "serial" else PrefectRunner(cfg)
+
+
+def dedup_engine(cfg: RunnerConfig) -> DedupEngine:
+    """Where dedup runs: on the Ray cluster for ``ray`` (sketches per shard, LSH buckets shuffled), else in this process."""
+    if cfg.kind == "ray":
+        from fluxforge.orchestrate.ray_cluster import RayDedup
+
+        return RayDedup(cfg)
+    return in_process

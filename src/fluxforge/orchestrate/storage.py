@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -124,7 +125,8 @@ def _default_remote(root: Path | str) -> tuple[str | None, dict]:
     return name, dict(conf.get("remote", {}).get(name, {})) if name else {}
 
 
-def push(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: int | None = None) -> Transfer:
+def push(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: int | None = None,
+         targets: Sequence[str] = ()) -> Transfer:
     """``dvc push`` the workspace's cached outputs to the default remote, retrying transient failures.
 
     A failed try is followed by up to ``retries`` more, the n-th after ``backoff * 2**(n-1)``
@@ -132,16 +134,24 @@ def push(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: i
     A rerun after a failure sends only what the remote still lacks: DVC asks which
     content-addressed objects exist before uploading. ``jobs`` caps parallel uploads (DVC's ``-j``).
     Outputs marked ``cache: false`` (metrics, plots, reports) are not in DVC's cache and do not travel.
+    ``targets``: only these stages' outputs (default: everything ``dvc.lock`` names).
     """
-    return _transfer("push", root, retries, backoff, jobs)
+    return _transfer("push", root, retries, backoff, jobs, list(targets))
 
 
-def pull(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: int | None = None) -> Transfer:
-    """``dvc pull``: fetch the objects ``dvc.lock`` names from the default remote and check them out, with retries as ``push``."""
-    return _transfer("pull", root, retries, backoff, jobs)
+def pull(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: int | None = None,
+         targets: Sequence[str] = (), inputs_of: str | None = None) -> Transfer:
+    """``dvc pull``: fetch the objects ``dvc.lock`` names from the default remote and check them out, with retries as ``push``.
+
+    ``targets``: only these stages' outputs. ``inputs_of``: what that stage reads, i.e. the outputs of every stage
+    upstream of it (``--with-deps``), its own outputs left out where the remote does not hold them yet
+    (``--allow-missing``): what a machine needs before running one stage.
+    """
+    extra = ["--with-deps", "--allow-missing", inputs_of] if inputs_of else list(targets)
+    return _transfer("pull", root, retries, backoff, jobs, extra)
 
 
-def _transfer(command: str, root: Path | str, retries: int, backoff: float, jobs: int | None) -> Transfer:
+def _transfer(command: str, root: Path | str, retries: int, backoff: float, jobs: int | None, extra: Sequence[str] = ()) -> Transfer:
     """Run ``dvc <command>`` as a subprocess until it succeeds, fails for good, or runs out of tries.
 
     Why the CLI rather than ``dvc.repo.Repo(root).push()``: each try is a fresh process, so no
@@ -159,7 +169,7 @@ def _transfer(command: str, root: Path | str, retries: int, backoff: float, jobs
         raise StorageError(f"dvc {command}: no default DVC remote in {Path(root).resolve()}; set one with "
                            "fluxforge.orchestrate.storage.configure_remote(root, 's3://BUCKET/PREFIX') (or `dvc remote add -d`)")
     where = url + (f" (endpoint {remote['endpointurl']})" if remote.get("endpointurl") else "")
-    argv = [sys.executable, "-m", "dvc", command, *(["-j", str(jobs)] if jobs else [])]
+    argv = [sys.executable, "-m", "dvc", command, *(["-j", str(jobs)] if jobs else []), *extra]
     env = {"DVC_NO_ANALYTICS": "1", **os.environ}
     tries = retries + 1
     for attempt in retrying(tries, backoff, lambda e: isinstance(e, StorageError) and e.transient, f"dvc {command} to {where}"):

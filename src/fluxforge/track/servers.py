@@ -104,17 +104,19 @@ def _healthy(url: str, expect: bytes | None) -> bool:
 
 
 def spawn(name: str, argv: list[str], url: str, health_path: str, *, env: Mapping[str, str],
-          log: Path | None, timeout: float, expect: bytes | None = None) -> Server:
-    """Start ``argv`` in a new process group and wait until ``url + health_path`` answers 200.
+          log: Path | None, timeout: float, expect: bytes | None = None, ready: Callable[[], bool] | None = None,
+          user: str | None = None) -> Server:
+    """Start ``argv`` in a new process group and wait until ``url + health_path`` answers 200 (or ``ready()`` is true).
 
-    On failure the process group is stopped and the error says why, with the (masked) log tail.
+    ``user`` runs the child as that account (PostgreSQL refuses to run as root). On failure the process
+    group is stopped and the error says why, with the (masked) log tail.
     """
     out = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab")
     try:
-        proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, user=user,
                                 stderr=subprocess.STDOUT if out else None, start_new_session=True)
     finally:
         if out is not None:
@@ -126,7 +128,7 @@ def spawn(name: str, argv: list[str], url: str, health_path: str, *, env: Mappin
             if proc.poll() is not None:
                 raise ServerStartError(f"{name} exited with code {proc.returncode} before answering {url}{health_path}; "
                                        f"last lines of its log:\n{log_tail(log, env)}")
-            if _healthy(url + health_path, expect):
+            if ready() if ready is not None else _healthy(url + health_path, expect):
                 return server
             time.sleep(0.25)
         raise ServerStartError(f"{name} did not answer {url}{health_path} within {timeout:.0f} s (raise the timeout "
@@ -136,7 +138,7 @@ def spawn(name: str, argv: list[str], url: str, health_path: str, *, env: Mappin
         raise
 
 
-def _on_port(start: Callable[[int], Server], port: int | None, attempts: int = 3) -> Server:
+def on_free_port(start: Callable[[int], Server], port: int | None, attempts: int = 3) -> Server:
     """``start(port)``; with no port given, retry on a fresh free port if another process bound ours first."""
     if port is not None:
         return start(port)
@@ -179,7 +181,7 @@ def start_s3(bucket: str, *, host: str = LOOPBACK, port: int | None = None, log:
         argv = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(p)]
         return spawn("moto S3 server", argv, url, "/moto-api/data.json", env=full, log=log, timeout=timeout)
 
-    server = _on_port(start, port)
+    server = on_free_port(start, port)
     try:
         create_bucket(server.url, bucket, full)
     except BaseException:
@@ -213,7 +215,7 @@ def start_mlflow(backend_uri: str, artifacts: str, *, s3_endpoint: str | None = 
         return spawn("MLflow tracking server", argv, f"http://{_reachable(host)}:{p}", "/health",
                      env=full, log=log, timeout=timeout, expect=b"OK")
 
-    return _on_port(start, port)
+    return on_free_port(start, port)
 
 
 @contextmanager
@@ -246,7 +248,7 @@ MLflow tracking server: metadata in --backend (a SQLite or Postgres URI; default
 $MLFLOW_BACKEND_STORE_URI), artifacts proxied to --artifacts (s3://BUCKET/PREFIX). The server
 needs S3 credentials in its own environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_DEFAULT_REGION, or a cloud role) and, for a non-AWS store such as moto or MinIO, the
-endpoint in --s3-endpoint or $MLFLOW_S3_ENDPOINT_URL. A Postgres backend needs psycopg2 installed.
+endpoint in --s3-endpoint or $MLFLOW_S3_ENDPOINT_URL. A Postgres backend needs psycopg 3 installed (psycopg[binary], in the dev extra).
 Clients need only MLFLOW_TRACKING_URI=http://HOST:PORT (or tracking.tracking_uri in params.yaml)."""
 S3_HELP = """\
 In-memory moto S3 server with --bucket created, for trials and CI. Needs AWS_ACCESS_KEY_ID and
