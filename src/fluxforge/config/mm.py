@@ -46,27 +46,29 @@ class ImageFormat(Strict):
     size: PosInt
 
 
-def _default_sources() -> dict[str, dict[str, ImageFormat]]:
-    return {"shapes": {"image": ImageFormat(mode="RGB", size=32), "mask": ImageFormat(mode="L", size=32)},
-            "digits": {"image": ImageFormat(mode="L", size=16)}}
+class SourceFormats(Strict):
+    """What one source table promises per modality; a row that decodes to another mode or size is rejected."""
+
+    image: ImageFormat
+    mask: ImageFormat | None = None  # the aligned silhouette (shapes); absent: the source has no masks
+
+    def formats(self) -> dict[str, ImageFormat]:
+        return {m: f for m, f in (("image", self.image), ("mask", self.mask)) if f is not None}
+
+
+def _default_sources() -> dict[str, SourceFormats]:
+    return {"shapes": SourceFormats(image=ImageFormat(mode="RGB", size=32), mask=ImageFormat(mode="L", size=32)),
+            "digits": SourceFormats(image=ImageFormat(mode="L", size=16))}
 
 
 class MMCurate(Strict):
     """The image-table contract and perceptual-hash dedup (fluxforge.data.image_contract, fluxforge.data.image_dedup)."""
 
-    # what each source table promises, per modality; a row that decodes to another mode or size is rejected
-    sources: dict[str, dict[Literal["image", "mask"], ImageFormat]] = Field(default_factory=_default_sources)
+    sources: dict[str, SourceFormats] = Field(default_factory=_default_sources)  # world/<name>.parquet each
     hash_size: PosInt = 8             # imagehash.phash: hash_size**2 bits
     max_distance: NonNegInt = 4       # pHash Hamming distance of a candidate pair
     max_pixel_diff: NonNegFloat = 2.0  # confirmation: mean |RGB difference| after the brightness offset (0-255)
     min_rows: PosInt = 1              # per source, after curation
-
-    @model_validator(mode="after")
-    def _sources(self) -> MMCurate:
-        for name, formats in self.sources.items():
-            if "image" not in formats:
-                raise ValueError(f"mm.curate.sources.{name}: every source needs an `image` format")
-        return self
 
 
 class MAEModel(Strict):

@@ -22,7 +22,7 @@ REJECTED_FILE = "rejected.parquet"
 
 
 def rules_for(cfg: MMCurate) -> dict[str, ImageRules]:
-    return {name: ImageRules(name, {m: (f.mode, f.size) for m, f in formats.items()}) for name, formats in cfg.sources.items()}
+    return {name: ImageRules(name, {m: (f.mode, f.size) for m, f in formats.formats().items()}) for name, formats in cfg.sources.items()}
 
 
 def dedup_rows(df: pd.DataFrame, cfg: MMCurate, source: str, file: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:

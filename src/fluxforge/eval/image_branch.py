@@ -46,7 +46,7 @@ def probes(mm: MMConfig, models: Mapping[str, ViTMAEForPreTraining], random_init
     train = load_image_set(digits, size, splits=["train"])
     test = load_image_set(digits, size, splits=["test"])
     y_train, y_test = np.array(train.concepts), np.array(test.concepts)
-    stored = mm.curate.sources["digits"]["image"].size  # raw pixels at the size the table stores
+    stored = mm.curate.sources["digits"].image.size  # raw pixels at the size the table stores
     raw = {s: load_image_set(digits, stored, splits=[s], channels=1).pixels.reshape(len(y), -1)
            for s, y in (("train", y_train), ("test", y_test))}
     features = {"raw_pixels": (raw["train"], raw["test"])}
