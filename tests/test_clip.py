@@ -109,4 +109,4 @@ def test_retrieval_counts_identical_captions_and_knows_its_chance():
     r1, _ = recall_at(sim, ["x", "y", "y"], ["x", "y", "y"], 1)
     assert r1 == pytest.approx(1 / 3)
     out = retrieval(np.eye(6), np.eye(6), [str(i) for i in range(6)])
-    assert out["image_to_text.R@1"] == 1.0 and out["text_to_image.R@5_chance"] == pytest.approx(5 / 6)
+    assert out["image_to_text.R1"] == 1.0 and out["text_to_image.R5_chance"] == pytest.approx(5 / 6)

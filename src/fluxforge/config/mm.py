@@ -237,7 +237,8 @@ class MMGate(Strict):
 
     min_zero_shot_over_chance: NonNegFloat = 5.0  # held-out zero-shot accuracy / chance
     min_recall5_over_chance: NonNegFloat = 5.0    # held-out image->text R@5 / chance
-    must_beat_champion: bool = True              # held-out zero-shot accuracy >= the champion's (same eval set)
+    must_beat_champion: bool = True              # held-out zero-shot accuracy above the champion's (same eval set) ...
+    champion_margin: NonNegFloat = 0.01           # ... by at least this much: a tie keeps the champion
 
 
 class MMRegister(Strict):

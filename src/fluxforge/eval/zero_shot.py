@@ -123,13 +123,13 @@ def recall_at(similarity: np.ndarray, query_keys: Sequence[str], gallery_keys: S
 
 
 def retrieval(image_emb: np.ndarray, text_emb: np.ndarray, captions: Sequence[str]) -> dict:
-    """Image->text and text->image R@1 and R@5 (with chance) over paired embeddings of one held-out set."""
+    """Image->text and text->image R@1 and R@5 (keys ``R1``, ``R5``: MLflow refuses "@"; with chance) over paired embeddings of one held-out set."""
     sim = image_emb @ text_emb.T
     out = {}
     for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
         for k in RECALL_AT:
             r, chance = recall_at(s, captions, captions, k)
-            out[f"{name}.R@{k}"], out[f"{name}.R@{k}_chance"] = r, chance
+            out[f"{name}.R{k}"], out[f"{name}.R{k}_chance"] = r, chance
     return out
 
 
