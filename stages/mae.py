@@ -15,9 +15,7 @@ def main(params: Params, objective: str) -> None:
         raise FluxForgeError(f"mae: objective '{objective}' is not in mm.mae.objectives {cfg.objectives}")
     section = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), objective: getattr(cfg, objective).model_dump()}
     with stage_run(f"mae@{objective}", params, section, inputs={"mm_curated": P.MM_CURATED}) as run:
-        metrics = pretrain_mae(params, objective, run)
-        if run:
-            run.metrics({k: metrics[k] for k in ("heldout_loss_before", "heldout_loss_after", "heldout_drop")})
+        pretrain_mae(params, objective, run)  # the held-out loss before/after is in its metrics and model info
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from fluxforge.track.runs import stage_run
 from fluxforge.train.mae import build, encoder_model
 
 log = logging.getLogger("fluxforge.stage.mm_eval")
+MAE_KEYS = ("heldout_loss_before", "heldout_loss_after", "heldout_drop", "steps", "final_loss")  # from each model's info
 
 
 @stage
@@ -23,6 +24,7 @@ def main(params: Params) -> None:
     models = {o: ViTMAEForPreTraining.from_pretrained(P.model_dir(f"mae/{o}")).eval() for o in mm.mae.objectives}
     clip, tok = load_clip(P.model_dir("clip"))
     metrics = evaluate_image_branch(mm, models, encoder_model(build("mae", mm.mae)), clip, tok, P.MM_CURATED, P.REPORTS / "mm")
+    metrics["mae"] = {o: {k: P.model_info(P.model_dir(f"mae/{o}"))[k] for k in MAE_KEYS} for o in mm.mae.objectives}
     write_json(P.METRICS / "mm_eval.json", metrics)
     with stage_run("mm_eval", params, mm.eval.model_dump(), inputs={"mm_curated": P.MM_CURATED}) as run:
         run.metrics(headline(metrics))

@@ -167,3 +167,19 @@ def test_bad_shapes_and_mask_ratios_fail_at_start_naming_the_key(tiny_raw):
     tiny_raw["mm"]["clip"]["vision"]["image_size"] = 30
     with pytest.raises(ParamsError, match=r"mm\.clip\.vision: .*not a multiple of patch_size"):
         parse_params(tiny_raw)
+
+
+def test_a_nan_loss_stops_the_stage_naming_the_step(in_tmp):
+    """A picture of NaNs (a corrupt input) makes the loss NaN: the run fails naming the stage and the step."""
+    from fluxforge.config import MMTrain
+    from fluxforge.train.image_job import ImageJob, IndexSampler, TrainingError, run_image_job
+
+    cfg = MAEConfig(model=TINY, train=MMTrain(steps=4, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=4))
+    x = images(8)
+    x[5] = float("nan")
+    module = M.build("mae", cfg)
+    job = ImageJob("mae/mae", "mae@mae", module, module, IndexSampler(8, 8, L, 0, "nan"), cfg.train.train_config(L),
+                   M.objective_for("mae", cfg, M.MAEData(x)))
+    with pytest.raises(TrainingError, match=r"^mae@mae: mae/mae: loss became nan at step 0;"):
+        run_image_job(job, None)
+    assert not (in_tmp / "models" / "mae").exists()  # nothing half-trained is saved

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +86,13 @@ def save_image_model(model: PreTrainedModel, out: Path, info: Mapping, tok: PreT
 
 
 def run_image_job(job: ImageJob, tracker: Tracker | None, probe: Probe | None = None, probe_every: int = 0,
-                  on_step: StepHook | None = None, info: Mapping | None = None) -> dict:
-    """Train, save the model and write the metrics and curve; return the metrics (``metrics/train/<name>.json``)."""
+                  on_step: StepHook | None = None, info: Mapping | None = None,
+                  finish: Callable[[torch.nn.Module], Mapping] | None = None) -> dict:
+    """Train, save the model and write the metrics and curve; return the metrics (``metrics/train/<name>.json``).
+
+    ``finish(module)`` measures the trained module before it is saved; what it returns is recorded in the model's
+    ``training_state/info.json`` as well as in the metrics, so stages that read the model read it too.
+    """
     flat = job.name.replace("/", "_")
     curve = P.PLOTS / "train" / f"{flat}.csv"
     ckpt_dir = P.CHECKPOINTS / job.name
@@ -105,6 +110,8 @@ def run_image_job(job: ImageJob, tracker: Tracker | None, probe: Probe | None = 
                         probe=probe, probe_every=probe_every, probes=probes, on_step=on_step, on_log=on_log)
     except FloatingPointError as err:  # the loop names the step; the stage says so without a traceback
         raise TrainingError(f"{job.stage}: {err}") from None
+    if finish is not None:
+        info = {**(info or {}), **finish(job.module)}
     tokens = job.cfg.steps * job.cfg.batch_size * job.cfg.seq_len
     record = {"name": job.name, "stage": job.stage, "parent": "", "steps": job.cfg.steps, "tokens": tokens,
               "cumulative_tokens": tokens, "parameters": count_params(job.saved), "final_loss": history[-1]["loss"],

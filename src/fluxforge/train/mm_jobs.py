@@ -18,7 +18,6 @@ from fluxforge import paths as P
 from fluxforge.config import Params
 from fluxforge.data.captions import caption_tokenizer, encode_captions, read_vocabulary
 from fluxforge.data.images import load_image_set, masks_for
-from fluxforge.io import write_json
 from fluxforge.train.clip import ClipData, caption_keys, clamp_temperature, clip_objective, new_clip
 from fluxforge.train.image_job import ImageJob, IndexSampler, Tracker, fingerprint, run_image_job
 from fluxforge.train.mae import MAEData, build, encoder_model, heldout_loss, objective_for
@@ -58,7 +57,8 @@ def mae_heldout(params: Params, objective: str, curated: Path = P.MM_CURATED) ->
 
 
 def pretrain_mae(params: Params, objective: str, tracker: Tracker | None) -> dict:
-    """Train ``models/mae/<objective>``; the metrics hold the held-out loss before and after and its relative drop."""
+    """Train ``models/mae/<objective>``; its info and metrics hold the held-out masked-patch loss (fixed images, fixed
+    noise) before and after training and its relative drop."""
     cfg = params.mm.mae
     data = mae_training_data(params, objective)
     heldout, noise = mae_heldout(params, objective)
@@ -68,13 +68,14 @@ def pretrain_mae(params: Params, objective: str, tracker: Tracker | None) -> dic
     before = heldout_loss(module, heldout, noise)
     job = ImageJob(f"mae/{objective}", f"mae@{objective}", module, encoder_model(module), sampler, tcfg,
                    objective_for(objective, cfg, data))
-    metrics = run_image_job(job, tracker, probe=lambda m: {"heldout_loss": heldout_loss(m, heldout, noise)},
-                            probe_every=cfg.heldout_every or tcfg.steps,
-                            info={"objective": objective, "examples": len(data.images)})
-    after = heldout_loss(module, heldout, noise)
-    metrics = {**metrics, "heldout_loss_before": before, "heldout_loss_after": after, "heldout_drop": 1 - after / before}
-    write_json(P.train_metrics_file(job.name), metrics)
-    return metrics
+
+    def finish(trained: torch.nn.Module) -> dict:
+        after = heldout_loss(trained, heldout, noise)
+        return {"heldout_loss_before": before, "heldout_loss_after": after, "heldout_drop": 1 - after / before}
+
+    return run_image_job(job, tracker, probe=lambda m: {"heldout_loss": heldout_loss(m, heldout, noise)},
+                         probe_every=cfg.heldout_every or tcfg.steps,
+                         info={"objective": objective, "examples": len(data.images)}, finish=finish)
 
 
 def clip_pairs(params: Params, tok, curated: Path = P.MM_CURATED) -> ClipData:  # noqa: ANN001 - a tokenizer
