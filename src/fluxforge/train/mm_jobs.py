@@ -63,7 +63,7 @@ def pretrain_mae(params: Params, objective: str, tracker: Tracker | None) -> dic
     data = mae_training_data(params, objective)
     heldout, noise = mae_heldout(params, objective)
     module = build(objective, cfg)
-    tcfg = cfg.train.train_config(cfg.model.num_patches)
+    tcfg = cfg.train_for(objective).train_config(cfg.model.num_patches)
     sampler = IndexSampler(len(data.images), tcfg.batch_size, tcfg.seq_len, tcfg.seed, fingerprint(data.images))
     before = heldout_loss(module, heldout, noise)
     job = ImageJob(f"mae/{objective}", f"mae@{objective}", module, encoder_model(module), sampler, tcfg,
