@@ -138,11 +138,28 @@ def _summary(args: argparse.Namespace) -> int:
         print(f"                 with replay {against_reference('stream_rise_planned', rise['with_replay'], root / REFERENCE)}")
         if promise := sm["replay"].get("promise"):
             print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
+    _registry_line(reg)
+    _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root))
+    return 0
+
+
+def _registry_line(reg: Path) -> None:
     if reg.exists():
         r = json.loads(reg.read_text())
         state = "promoted to champion" if r["promoted"] else "NOT promoted (champion unchanged)"
         print(f"  registry     : {r['model_name']} v{r['version']} challenger, {state}")
-    return 0
+
+
+def _image_summary(ev: Path, reg: Path) -> None:
+    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the fluxforge-clip decision."""
+    if not ev.exists():
+        return
+    m = json.loads(ev.read_text())
+    probes = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["probes"].items())
+    zs, r5 = m["clip"]["zero_shot.heldout"], m["clip"]["retrieval.heldout"]
+    print(f"  images       : digits probe {probes}; CLIP zero-shot {zs['accuracy']:.3f} ({zs['over_chance']:.1f}x chance), "
+          f"R@5 {r5['image_to_text.R5']:.3f} (chance {r5['image_to_text.R5_chance']:.3f})")
+    _registry_line(reg)
 
 
 def _report(args: argparse.Namespace) -> int:

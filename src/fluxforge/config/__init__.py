@@ -10,7 +10,7 @@ Where things are: :mod:`.base` (the strict base model, number types, :class:`Par
 section (:mod:`.world`, :mod:`.data`, :mod:`.filters`, :mod:`.tokenizer`, :mod:`.model`, :mod:`.train`,
 :mod:`.continual`, :mod:`.distill`, :mod:`.study`, :mod:`.stream` (with :mod:`.methods`: update methods and
 budgets, shared by every stream), :mod:`.evaluate`, :mod:`.register`,
-:mod:`.tracking`), :mod:`.params` (the whole file) and :mod:`.loader` (YAML, profiles as overlays, ``-S``).
+:mod:`.tracking`, :mod:`.mm`), :mod:`.params` (the whole file) and :mod:`.loader` (YAML, profiles as overlays, ``-S``).
 """
 
 from fluxforge.config.base import DOMAINS, Fraction, NonNegFloat, NonNegInt, ParamsError, PosFloat, PosInt, Strict, builds
@@ -52,6 +52,24 @@ from fluxforge.config.methods import (
     SISettings,
     UpdateSettings,
 )
+from fluxforge.config.mm import (
+    BMMAEObjective,
+    CLIPSettings,
+    CLIPText,
+    CLIPVision,
+    CMAEObjective,
+    MAEConfig,
+    MAEModel,
+    MAEObjective,
+    MMConfig,
+    MMCurate,
+    MMDefects,
+    MMEval,
+    MMGate,
+    MMRegister,
+    MMTrain,
+    MMWorld,
+)
 from fluxforge.config.model import ModelConfig
 from fluxforge.config.params import Params
 from fluxforge.config.register import GateConfig, RegisterConfig
@@ -82,6 +100,8 @@ from fluxforge.config.world import CyberWorld, DefectRates, GeneralWorld, WorldC
 
 __all__ = [
     "builds",
+    "BMMAEObjective", "CLIPSettings", "CLIPText", "CLIPVision", "CMAEObjective", "MAEConfig", "MAEModel", "MAEObjective",
+    "MMConfig", "MMCurate", "MMDefects", "MMEval", "MMGate", "MMRegister", "MMTrain", "MMWorld",
     "DOMAINS", "RAW_COLUMNS", "AdapterSettings", "AgeConfig", "AveragingSettings", "BudgetSettings", "EWCSettings",
     "GaLoreSettings", "SISettings", "UpdateSettings", "BoilerplateConfig", "C4Config", "CMRPlanner",
     "ContinualConfig", "ContinualTask", "ContractConfig", "ContractsConfig", "CurriculumSettings", "CyberWorld",

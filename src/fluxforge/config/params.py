@@ -15,6 +15,7 @@ from fluxforge.config.continual import ContinualConfig
 from fluxforge.config.data import DataConfig
 from fluxforge.config.distill import DistillConfig
 from fluxforge.config.evaluate import EvalConfig
+from fluxforge.config.mm import MMConfig
 from fluxforge.config.model import ModelConfig
 from fluxforge.config.register import RegisterConfig
 from fluxforge.config.stream import StreamConfig, check_stream
@@ -40,6 +41,7 @@ class Params(Strict):
     stream: StreamConfig | None = None
     registry: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     tracking: TrackingConfig = TrackingConfig()
+    mm: MMConfig = MMConfig()  # the image / image-text branch (stages mm_*, mae@*, clip_pretrain)
     _stream_train: TrainConfig | None = PrivateAttr(default=None)  # derived from pretrain + stream.train at validation
 
     @model_validator(mode="after")

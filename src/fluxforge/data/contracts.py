@@ -45,8 +45,8 @@ def raw_expectations() -> list:
     return expectations(ContractConfig())
 
 
-def validate(df: pd.DataFrame, expectations: list, name: str, result_path: Path) -> dict:
-    """Validate ``df``; write the full result to ``result_path``; raise ContractError on failure."""
+def run_suite(df: pd.DataFrame, expectations: list, name: str, result_format: str | dict = "SUMMARY"):  # noqa: ANN201
+    """Validate ``df`` against ``expectations`` in an ephemeral GX context; the GX validation result."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -58,10 +58,15 @@ def validate(df: pd.DataFrame, expectations: list, name: str, result_path: Path)
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract"))
     for e in expectations:
         suite.add_expectation(e)
+    return batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format=result_format)
+
+
+def validate(df: pd.DataFrame, expectations: list, name: str, result_path: Path) -> dict:
+    """Validate ``df``; write the full result to ``result_path``; raise ContractError on failure."""
     frame = df.copy()
     if "timestamp" in frame:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce")
-    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+    result = run_suite(frame, expectations, name)
     full = result.to_json_dict()
     write_json(result_path, full)
     failures = []

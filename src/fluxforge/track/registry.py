@@ -125,6 +125,24 @@ def gate_and_promote(name: str, version: str, ev: Mapping, cfg: GateConfig, pair
     return {"promoted": passed, "previous_champion": champion.version if champion else None, "reasons": reasons}
 
 
+def register_challenger(name: str, model_dir: Path, tags: Mapping[str, str], pyfunc: Path,
+                        pip_requirements: Sequence[str]) -> str:
+    """Log ``model_dir`` as an MLflow pyfunc (``artifacts/hf``), register it under ``name`` born with ``tags``, and
+    point ``challenger`` at it; the new version. Inside an active run (the stage's)."""
+    import mlflow
+
+    if long := [k for k, v in tags.items() if len(v) > MAX_TAG]:
+        raise RegistryError(f"{name}: tags {long} hold more than MLflow's {MAX_TAG} characters")
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = Path(tmp) / "hf"  # MLflow names the artifact after the directory: keep it stable
+        shutil.copytree(model_dir, hf)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(pyfunc), artifacts={"hf": str(hf)},
+                                       pip_requirements=list(pip_requirements))
+    version = str(mlflow.register_model(info.model_uri, name, tags=dict(tags)).version)
+    mlflow.MlflowClient().set_registered_model_alias(name, "challenger", version)
+    return version
+
+
 def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], paired_test: PairedTest) -> dict:
     """Register the final model as challenger with its lineage and evaluation, then gate and maybe promote it.
 
@@ -138,15 +156,7 @@ def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], pair
     final = ev["final"]
     with stage_run("register", params, params.registry.model_dump(), inputs={"model": P.model_dir(final)}) as run:
         tags = {**lineage_tags(params, final), **evaluation_tags(ev, correct)}
-        if long := [k for k, v in tags.items() if len(v) > MAX_TAG]:
-            raise RegistryError(f"{name}: tags {long} hold more than MLflow's {MAX_TAG} characters")
-        with tempfile.TemporaryDirectory() as tmp:
-            hf = Path(tmp) / "hf"  # MLflow names the artifact after the directory: keep it stable
-            shutil.copytree(P.model_dir(final), hf)
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC), artifacts={"hf": str(hf)},
-                                           pip_requirements=["torch", "transformers", "safetensors"])
-        version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
-        mlflow.MlflowClient().set_registered_model_alias(name, "challenger", version)
+        version = register_challenger(name, P.model_dir(final), tags, PYFUNC, ["torch", "transformers", "safetensors"])
         decision = gate_and_promote(name, version, ev, params.registry.gate, paired_test, mlflow.get_tracking_uri())
         nums = headline(ev, final)
         run.metrics({"promoted": int(decision["promoted"]), **nums})

@@ -200,3 +200,32 @@ def stability_gap_figure(gap: pd.DataFrame, tasks: Sequence[str]) -> Figure:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("loss")
     return fig
+
+
+def reconstruction_figure(rows: Mapping[str, np.ndarray]) -> Figure:
+    """MAE's figure: one row per entry (original / visible patches / reconstruction), uint8 ``(N, S, S, 3)`` each."""
+    n = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows.items()):
+        for j in range(n):
+            axes[i, j].imshow(images[j], interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    return fig
+
+
+def confusion_figure(counts: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str], title: str) -> Figure:
+    """Counts of (true, predicted) as an image: true concepts down, every predictable concept across."""
+    m = np.asarray(counts, dtype=float)
+    if m.shape != (len(rows), len(columns)):
+        raise DataError(f"confusion matrix is {m.shape} but {len(rows)} rows and {len(columns)} columns are named")
+    fig, ax = plt.subplots(figsize=(2 + 0.28 * len(columns), 1.5 + 0.28 * len(rows)))
+    im = ax.imshow(m, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=7)
+    ax.set_xlabel("predicted concept")
+    ax.set_ylabel("true concept")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="images")
+    return fig

@@ -1,0 +1,76 @@
+"""The image branch inside the session's tiny pipeline (`dvc repro` once, tests/conftest.py `tiny_repo`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_repo import ran
+from pipeline_repo import run as _run
+
+pytestmark = pytest.mark.slow
+IMAGE_STAGES = {"mm_world", "mm_curate", "mae@mae", "mae@cmae", "clip_pretrain", "mm_eval", "mm_register"}
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_repo) -> Path:
+    return tiny_repo[0]
+
+
+def _metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def test_the_image_stages_run_in_the_dag_and_balance_their_books(repo):
+    assert IMAGE_STAGES <= set(re.findall(r"Running stage '([^']+)'", (repo / "first_run.log").read_text()))
+    world, curate = _metrics(repo, "mm_world"), _metrics(repo, "mm_curate")
+    for step in ("contract", "dedup"):
+        for source, books in curate[step]["by_source"].items():
+            assert books["ingested"] == books["kept"] + sum(books["rejected"].values()), (step, source)
+    assert curate["funnel"]["ingested"] == world["images"] + world["masks"] + world["digits"]
+    assert curate["contract"]["by_source"]["shapes"]["rejected"]["undecodable"] >= 1
+    assert all(v == 1.0 for k, v in curate["planted"].items() if k.startswith("recall."))  # every planted defect caught
+
+
+def test_each_training_stage_logged_its_run_and_the_clip_model_is_registered_through_the_gate(repo):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fluxforge").experiment_id])
+    assert IMAGE_STAGES <= {r.data.tags["fluxforge.stage"] for r in runs}
+    mae = next(r for r in runs if r.data.tags["fluxforge.stage"] == "mae@mae")
+    assert {"heldout_loss_before", "heldout_loss_after"} <= set(mae.data.metrics)
+    champ = client.get_model_version_by_alias("fluxforge-clip", "champion")
+    assert champ.tags["gate"] == "passed" and len(champ.tags["git_commit"]) == 40
+    assert json.loads(champ.tags["fluxforge.lineage"])[0]["stage"] == "clip_pretrain"
+    assert float(champ.tags["eval.zero_shot"]) == _metrics(repo, "mm_eval")["clip"]["zero_shot.heldout"]["accuracy"]
+    assert _metrics(repo, "mm_register")["version"] == str(champ.version)
+
+
+def test_the_report_shows_probes_reconstructions_and_the_confusion_matrix(repo):
+    ev = _metrics(repo, "mm_eval")
+    assert set(ev["probes"]) == {"raw_pixels", "random_init", "mae", "cmae"}
+    assert all(p["low"] <= p["accuracy"] <= p["high"] for p in ev["probes"].values())
+    html = (repo / "reports" / "report.html").read_text()
+    section = html[html.index("7. Image branch"):]
+    assert "fluxforge-clip" in section and section.count("<img") == 3  # two reconstruction grids, one confusion matrix
+    assert "Raw pixels probe higher" in section or ev["probes"]["raw_pixels"]["accuracy"] <= ev["probes"]["mae"]["accuracy"]
+    out = _run(["fluxforge", "summary"], repo).stdout
+    assert re.search(r"images +: digits probe raw_pixels \d\.\d{3}.*CLIP zero-shot", out) and "fluxforge-clip v" in out
+
+
+def test_changing_clip_params_leaves_the_mae_stages_and_the_data_alone(repo):
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["mm"]["clip"]["train"]["lr"] = 0.002
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        planned = ran(_run(["dvc", "repro", "--dry"], repo))  # --dry lists the changed stage; the rest follow its outs
+        assert "clip_pretrain" in planned and not planned & {"mm_world", "mm_curate", "mae@mae", "mae@cmae"}
+    finally:
+        params_file.write_text(original)
