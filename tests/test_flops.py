@@ -91,18 +91,20 @@ def test_a_measured_peak_never_falls_below_the_best_this_machine_measured(tmp_pa
     assert quiet.flops == busy.flops == 10e9 and "best of 5 trials" in busy.source and str(tmp_path) in busy.source
 
 
-def test_mfu_is_never_above_one_with_a_deliberately_low_peak(tmp_path, monkeypatch) -> None:
+def test_mfu_is_never_above_one_with_a_deliberately_low_peak(tmp_path, monkeypatch, request) -> None:
     """The training loop's MFU against a peak 1000x too low: every row <= 100%, and the run says the peak was raised."""
     import numpy as np
 
     import fluxforge.train.flops as F
     from fluxforge.config import TrainConfig
-    from fluxforge.train.loop import train
+    from fluxforge.train.loop import measured_peak, train
     from fluxforge.train.sampler import MixtureSampler
     from tiny import tiny_model
 
     monkeypatch.setenv("FLUXFORGE_PEAK_CACHE", str(tmp_path / "peaks.json"))
     monkeypatch.setattr(F, "measure_matmul_peak", lambda *a, **k: 1e6)
+    measured_peak.cache_clear()  # the loop measures once per process: forget an earlier test's real peak
+    request.addfinalizer(measured_peak.cache_clear)
     sampler = MixtureSampler({"a": np.arange(5, 60, dtype=np.uint16).repeat(20)}, {"a": 1.0}, seq_len=16, batch_size=4, seed=0)
     hist = train(tiny_model(), sampler, TrainConfig(slices=["x"], steps=6, batch_size=4, seq_len=16, lr=1e-3,
                                                     warmup_steps=1, log_every=2))

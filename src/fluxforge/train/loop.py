@@ -22,6 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -229,17 +230,24 @@ def device_type(eng) -> str:  # noqa: ANN001
     return getattr(getattr(eng, "device", None), "type", "cpu")
 
 
+@cache
+def measured_peak(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """The device peak, measured once per process (a stream trains a dozen times); cache_clear() forgets it."""
+    peak = device_peak(device, dtype)
+    return peak.flops, peak.source  # a fresh Peak per run: Peak.utilisation may raise its own copy
+
+
 def _flops_and_peak(model: torch.nn.Module, seq_len: int, eng) -> tuple[float, Peak | None]:  # noqa: ANN001
     """Training FLOPs per token of this model and the peak to measure MFU against (:func:`device_peak`).
 
     A measured peak keeps MFU honest about *this* machine (a shared 2-core VM has no published peak);
-    it costs well under a second.
+    it costs about half a second, so it is measured once per process and device (a stream trains a dozen times).
     """
     config = getattr(model, "config", None)
     if config is None or os.environ.get("FLUXFORGE_MFU", "1") == "0":
         return 0.0, None
     try:
-        return flops_per_token(config, seq_len), device_peak(eng.device, eng.compute_dtype)
+        return flops_per_token(config, seq_len), Peak(*measured_peak(str(eng.device), eng.compute_dtype))
     except (AttributeError, TypeError) as err:  # a model without Llama-style config fields: no MFU
         log.info("no MFU for %s: %s", type(model).__name__, err)
         return 0.0, None
