@@ -183,3 +183,21 @@ def test_a_nan_loss_stops_the_stage_naming_the_step(in_tmp):
     with pytest.raises(TrainingError, match=r"^mae@mae: mae/mae: loss became nan at step 0;"):
         run_image_job(job, None)
     assert not (in_tmp / "models" / "mae").exists()  # nothing half-trained is saved
+
+
+def test_an_image_job_run_twice_saves_the_same_weights(in_tmp):
+    """MAE draws its masks from torch's global RNG: the job seeds it from ``train.seed``, so two runs of the same stage
+    (a `dvc repro` and a Prefect refresh) save the same model and DVC sees the same hash."""
+    from fluxforge.config import MMTrain
+    from fluxforge.train.image_job import ImageJob, IndexSampler, run_image_job
+
+    cfg = MAEConfig(model=TINY, train=MMTrain(steps=3, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3))
+    weights = []
+    for attempt in range(2):
+        torch.manual_seed(100 + attempt)  # whatever the process drew before the stage
+        module = M.build("mae", cfg)
+        job = ImageJob(f"mae/run{attempt}", "mae@mae", module, module, IndexSampler(8, 4, L, 0, "det"),
+                       cfg.train.train_config(L), M.objective_for("mae", cfg, M.MAEData(images(8))))
+        run_image_job(job, None)
+        weights.append({k: v.clone() for k, v in module.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

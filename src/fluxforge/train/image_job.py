@@ -105,6 +105,9 @@ def run_image_job(job: ImageJob, tracker: Tracker | None, probe: Probe | None = 
             tracker.metrics({k: row[k] for k in ("loss", "lr", "tokens_per_s")}, step=row["step"])
         write_rows(live, curve, CURVE_FIELDS)
 
+    # MAE's masks (HF draws them inside forward) and the bimodal drops come from torch's global RNG: seeded here, so
+    # a stage run twice (dvc repro, a Prefect refresh) saves the same weights; a resume restores the saved state.
+    torch.manual_seed(job.cfg.seed)
     try:
         history = train(job.module, job.sampler, job.cfg, job.objective, checkpoint_dir=ckpt_dir, desc=job.name,
                         probe=probe, probe_every=probe_every, probes=probes, on_step=on_step, on_log=on_log)
