@@ -62,11 +62,16 @@ postgres-server: ## the PostgreSQL server binaries the tests start (Debian's pos
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "PostgreSQL's server is missing: sudo apt-get install postgresql (or set PG_BIN)"; exit 1; fi
 
-test: install postgres-server ## install, then run the whole test suite (slow e2e included)
-	$(BIN)/python -m pytest
+# One pytest-xdist worker per usable core (nproc honours CPU affinity); a module's tests stay on one worker, so
+# its module-scoped servers start once. TEST_WORKERS=0 runs everything in this process (for debugging).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+
+test: install postgres-server ## install, then run the whole test suite (slow e2e included), on every core
+	$(PYTEST)
 
 test-fast: install ## unit tests only (skips the slow end-to-end tests)
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: run   ## run the benchmarks after the DAG (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/run.py

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from servers import mlflow_server, pg_mlflow_server, postgres, prefect_server, s3_server, tracking_uri  # noqa: F401 - session servers for the tests that need them
 
@@ -24,6 +28,14 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # `make test` runs two workers (and the tiny repo's build beside them): torch threads per process are the
+    # cores shared out, never more, or the workers' threads wait for each other (issue #18's collapse)
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    os.environ.setdefault("FLUXFORGE_THREADS", share)  # the stages' torch threads (runtime.set_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", share)  # torch's default in the workers and every child process
+
+TINY_REPO = pytest.StashKey["TinyRepoBuild"]()
 
 
 @pytest.fixture
@@ -56,16 +68,89 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+class TinyRepoBuild:
+    """The session's tiny repo, reproduced once by plain `dvc repro` in a background process.
+
+    It starts as soon as collection shows a test that needs it, so the five-minute build runs beside the unit
+    tests instead of in front of the end-to-end ones; under pytest-xdist the first worker starts it in a folder
+    every worker shares (a file lock decides who) and all of them wait on the same result file.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.build: subprocess.Popen | None = None  # in the process that started it
+
+    @property
+    def folder(self) -> Path:
+        base = self.config._tmp_path_factory.getbasetemp()  # noqa: SLF001 - pytest's own, usable before any fixture
+        return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-repo"
+
+    def start(self) -> None:
+        from filelock import FileLock
+
+        self.repo, self.result, self.log = self.folder / "repo", self.folder / "result.json", self.folder / "build.log"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.folder / "start.lock")):
+            if (self.folder / "pid").exists():
+                return
+            with self.log.open("w") as log:
+                self.build = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pipeline_repo.py")),
+                                               str(self.repo), str(self.result)], stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True)  # its own process group: stop() ends dvc and stages too
+            (self.folder / "pid").write_text(str(self.build.pid))
+
+    def wait(self) -> tuple[Path, dict[str, str]]:
+        self.start()  # no-op unless collection missed it (a test asking for the fixture by name at run time)
+        pid = int((self.folder / "pid").read_text())
+        while not self.result.exists():
+            gone = self.build.poll() is not None if self.build is not None else not _alive(pid)
+            if gone and not self.result.exists():
+                pytest.fail(f"the tiny repo's build (pid {pid}) died without a result; its log: {self.log}")
+            time.sleep(2)
+        outcome = json.loads(self.result.read_text())
+        if "error" in outcome:
+            pytest.fail(f"building the tiny repo failed (log: {self.log}):\n{outcome['error']}", pytrace=False)
+        return self.repo, outcome["hashes"]
+
+    def stop(self) -> None:
+        """A build still running when the run ends (interrupted, or its tests deselected) is stopped. Only by the
+        process that outlives every test: the xdist controller (whose temp folder holds the workers') or a plain
+        pytest; a worker that runs out of tests early would otherwise kill a build the other one waits for."""
+        if os.environ.get("PYTEST_XDIST_WORKER") or not (self.folder / "pid").exists():
+            return
+        pid = int((self.folder / "pid").read_text())
+        if not (self.folder / "result.json").exists() and _alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[TINY_REPO] = TinyRepoBuild(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any("tiny_repo" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[TINY_REPO].start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[TINY_REPO].stop()
+
+
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory):  # noqa: ANN201
+def tiny_repo(request: pytest.FixtureRequest) -> tuple[Path, dict[str, str]]:
     """A git+DVC repo of the pipeline on the tiny profile, reproduced once by plain `dvc repro`.
 
-    Returns (path, {cached output: md5} right after that first run). Tests may change the repo
-    afterwards; the hashes stay those of the first, untouched run.
+    Returns (path, {cached output: md5}). Every test and every xdist worker shares it: read it, or change a
+    copy (``pipeline_repo.copy_repo``).
     """
-    from pipeline_repo import cached_out_hashes, make_repo, run
-
-    root = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    first = run(["dvc", "repro"], root)
-    (root / "first_run.log").write_text(first.stdout + first.stderr)
-    return root, cached_out_hashes(yaml.safe_load((root / "dvc.lock").read_text()))
+    return request.config.stash[TINY_REPO].wait()

@@ -64,3 +64,36 @@ def cached_out_hashes(lock: dict) -> dict[str, str]:
             if "md5" in o and not o["path"].startswith(("metrics", "plots", "reports")):
                 out[o["path"]] = o["md5"]
     return out
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A private copy of a reproduced repository (git, DVC cache, outputs) for a test that changes it.
+
+    The session's ``tiny_repo`` is shared by every test and, under pytest-xdist, by every worker: it is read,
+    never written."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def reproduce(dest: Path) -> dict[str, str]:
+    """Make the tiny repo at ``dest`` and reproduce it with plain `dvc repro`; its cached output hashes."""
+    import yaml
+
+    root = make_repo(dest)
+    first = run(["dvc", "repro"], root)
+    (root / "first_run.log").write_text(first.stdout + first.stderr)
+    return cached_out_hashes(yaml.safe_load((root / "dvc.lock").read_text()))
+
+
+if __name__ == "__main__":  # python tests/pipeline_repo.py DEST RESULT: conftest's background build of tiny_repo
+    import json
+    import traceback
+
+    dest, result = Path(sys.argv[1]), Path(sys.argv[2])
+    try:
+        outcome = {"hashes": reproduce(dest)}
+    except BaseException:  # noqa: BLE001 - the waiting tests show why the build failed
+        outcome = {"error": traceback.format_exc()}
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(outcome))
+    tmp.replace(result)

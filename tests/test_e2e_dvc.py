@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_repo import ran
+from pipeline_repo import copy_repo, ran
 from pipeline_repo import run as _run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tiny_repo) -> Path:
-    """The session's tiny pipeline repo (see conftest), already reproduced once."""
-    return tiny_repo[0]
+def repo(tiny_repo, tmp_path_factory) -> Path:
+    """A copy of the session's tiny pipeline repo (see conftest), already reproduced once: these tests edit code and
+    params and run experiments, which the other modules sharing the session's repo must not see."""
+    copy = tmp_path_factory.mktemp("e2e_dvc") / "repo"
+    copy_repo(tiny_repo[0], copy)
+    return copy
 
 
 def test_whole_dag_runs_and_registers_a_champion(repo):

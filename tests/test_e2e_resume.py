@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from pipeline_repo import cached_out_hashes, repo_env, run
+from pipeline_repo import cached_out_hashes, copy_repo, repo_env, run
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY = 600, 10
@@ -31,7 +30,7 @@ STEPS, EVERY = 600, 10
 
 def _long_pretrain(tiny_repo, dest: Path) -> Path:  # noqa: ANN001
     """A copy of the session's tiny repository (its committed params: other tests change the working copy's)."""
-    shutil.copytree(tiny_repo[0], dest, symlinks=True)
+    copy_repo(tiny_repo[0], dest)
     run(["git", "checkout", "HEAD", "--", "params.yaml"], dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["pretrain"].update(steps=STEPS, checkpoint_every=EVERY, log_every=EVERY, probe_every=0)

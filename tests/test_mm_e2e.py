@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_repo import ran
+from pipeline_repo import copy_repo, ran
 from pipeline_repo import run as _run
 
 pytestmark = pytest.mark.slow
@@ -63,14 +63,10 @@ def test_the_report_shows_probes_reconstructions_and_the_confusion_matrix(repo):
     assert re.search(r"images +: digits probe raw_pixels \d\.\d{3}.*CLIP zero-shot", out) and "fluxforge-clip v" in out
 
 
-def test_changing_clip_params_leaves_the_mae_stages_and_the_data_alone(repo):
-    params_file = repo / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
+def test_changing_clip_params_leaves_the_mae_stages_and_the_data_alone(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo[0], tmp_path / "repo")  # the session's repo is shared: change a copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["mm"]["clip"]["train"]["lr"] = 0.002
-    try:
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        planned = ran(_run(["dvc", "repro", "--dry"], repo))  # --dry lists the changed stage; the rest follow its outs
-        assert "clip_pretrain" in planned and not planned & {"mm_world", "mm_curate", "mae@mae", "mae@cmae"}
-    finally:
-        params_file.write_text(original)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    planned = ran(_run(["dvc", "repro", "--dry"], repo))  # --dry lists the changed stage; the rest follow its outs
+    assert "clip_pretrain" in planned and not planned & {"mm_world", "mm_curate", "mae@mae", "mae@cmae"}

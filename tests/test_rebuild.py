@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_repo import BIN, run
+from pipeline_repo import BIN, copy_repo, run
 
 pytestmark = pytest.mark.slow
 NAME = "fluxforge-lm"
@@ -37,7 +36,7 @@ def _lines(out: str, kind: str) -> dict[str, str]:
 def repo(tiny_repo, tmp_path_factory) -> Path:
     """A copy of the tiny repo whose champion was registered by a plain `dvc repro` from an uncommitted tree."""
     copy = tmp_path_factory.mktemp("rebuild") / "repo"
-    shutil.copytree(tiny_repo[0], copy, symlinks=True)
+    copy_repo(tiny_repo[0], copy)
     return copy
 
 

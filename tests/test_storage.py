@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ import pytest
 from fluxforge.orchestrate import retry, storage
 from fluxforge.orchestrate.storage import StorageError
 from fluxforge.track import servers
-from pipeline_repo import run
+from pipeline_repo import copy_repo, run
 
 FIRST_OBJECT = re.compile(r'"PUT /[^ ]+/files/md5/[^ ]+ HTTP/[0-9.]+" 200')  # the server log's line for a stored object
 
@@ -45,7 +44,7 @@ def aws_env(s3_server) -> Iterator[dict[str, str]]:  # noqa: ANN001
 def repo(tiny_repo, tmp_path: Path) -> Path:
     """A copy of the reproduced tiny repo with its dvc.lock committed, as a refresh leaves it (a few MB)."""
     copy = tmp_path / "repo"
-    shutil.copytree(tiny_repo[0], copy, symlinks=True)
+    copy_repo(tiny_repo[0], copy)
     # other tests change the shared repo (a failed `dvc repro` deletes a stage's outputs before failing):
     # put back every output dvc.lock records, from the cache, so the workspace is what the lock says
     run(["dvc", "checkout", "--force"], copy)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from pipeline_repo import ran
+from pipeline_repo import copy_repo, ran
 from pipeline_repo import run as _run
 
 pytestmark = pytest.mark.slow
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.slow
 def repo(tiny_repo, tmp_path_factory) -> Path:
     """A copy of the session's reproduced tiny repo (the session's own is left as it is)."""
     copy = tmp_path_factory.mktemp("methods") / "repo"
-    shutil.copytree(tiny_repo[0], copy, symlinks=True)
+    copy_repo(tiny_repo[0], copy)
     return copy
 
 
