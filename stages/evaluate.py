@@ -1,7 +1,6 @@
 """DVC stage `evaluate`: perplexity and multiple-choice accuracy of every model, per domain and slice, with tests."""
 
 import logging
-from pathlib import Path
 
 from fluxforge import paths as P
 from fluxforge.config import Params
@@ -17,15 +16,6 @@ from fluxforge.train.model import load_model, new_model
 log = logging.getLogger("fluxforge.stage.evaluate")
 
 
-def model_names(root: Path | str = ".") -> list[str]:
-    """The untrained baseline, then each model dep of `evaluate` in dvc.yaml; a folder (models/continual) stands
-    for the models the DAG writes in it, in DAG order (continual tasks in training order)."""
-    written = [Path(o) for s in dag.read(root) for o in s.outs]
-    deps = [Path(d) for d in dag.get("evaluate", root).deps if Path(d).is_relative_to(P.MODELS)]
-    models = [m for d in deps for m in ([o for o in written if o.is_relative_to(d)] or [d])]
-    return ["untrained", *(m.relative_to(P.MODELS).as_posix() for m in models)]
-
-
 @stage
 def main(params: Params) -> None:
     heldout, questions = read_jsonl(P.WORLD / "eval" / "heldout.jsonl"), read_jsonl(P.WORLD / "eval" / "mcq.jsonl")
@@ -36,7 +26,8 @@ def main(params: Params) -> None:
             return new_model(params.model, P.TOKENS), load_tokenizer(P.TOKENS)
         return load_model(P.model_dir(name))
 
-    results, per_q = evaluate_models(model_names(), load, heldout, questions, params.evaluate.seq_len, params.evaluate.batch_size)
+    models = ["untrained", *(m.relative_to(P.MODELS).as_posix() for m in dag.inputs_under("evaluate", P.MODELS))]
+    results, per_q = evaluate_models(models, load, heldout, questions, params.evaluate.seq_len, params.evaluate.batch_size)
     tests, teacher = significance(per_q, final=params.continual.final), params.teacher_names()[0]
     distill = distillation_summary(results, teacher) if teacher in results else {}
     write_json(P.METRICS / "eval.json", {"models": results, "tests": tests, "final": params.continual.final,

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fluxforge import paths as P
-from fluxforge.config import ModelConfig
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import (
     AveragingError,
@@ -20,16 +19,12 @@ from fluxforge.train.averaging import (
     snapshots,
     write_averaged_model,
 )
-from fluxforge.train.model import build_model, load_model, save_model
-from tiny import TINY
-
-
-def _model(seed: int, cfg: ModelConfig = TINY):
-    return build_model(cfg.model_copy(update={"init_seed": seed}), 64, 0, 1)
+from fluxforge.train.model import load_model, save_model
+from tiny import tiny_model
 
 
 def _states(n: int) -> list[dict[str, torch.Tensor]]:
-    return [{k: v.clone() for k, v in _model(s).state_dict().items()} for s in range(n)]
+    return [{k: v.clone() for k, v in tiny_model(init_seed=s).state_dict().items()} for s in range(n)]
 
 
 @pytest.mark.parametrize("method", ["sma", "ema", "wma"])
@@ -101,15 +96,15 @@ def test_mismatched_keys_and_shapes_name_the_file_and_the_key(tmp_path):
 
 
 def test_models_of_different_architectures_are_refused(tmp_path):
-    _model(0).save_pretrained(tmp_path / "small", safe_serialization=True)
-    _model(0, TINY.model_copy(update={"num_layers": 3})).save_pretrained(tmp_path / "deep", safe_serialization=True)
+    tiny_model(init_seed=0).save_pretrained(tmp_path / "small", safe_serialization=True)
+    tiny_model(num_layers=3).save_pretrained(tmp_path / "deep", safe_serialization=True)
     with pytest.raises(AveragingError, match=r"deep/config\.json: key 'num_hidden_layers' is 3"):
         average_checkpoints([tmp_path / "small", tmp_path / "deep"], "sma")
 
 
 def test_writes_an_hf_model_dir_of_the_last_k_that_loads_without_pickles(tmp_path):
     tok = train_tokenizer(["the cat sat on the mat"] * 20, vocab_size=300)
-    models = [_model(s) for s in range(4)]
+    models = [tiny_model(init_seed=s) for s in range(4)]
     dirs = []
     for i, m in enumerate(models):
         save_model(m, tok, tmp_path / f"ckpt-{i}", {"step": i})
@@ -128,7 +123,7 @@ def test_writes_an_hf_model_dir_of_the_last_k_that_loads_without_pickles(tmp_pat
 
 
 def test_snapshots_keep_the_newest_k_and_average_into_a_model(tmp_path):
-    models = [_model(s) for s in range(5)]
+    models = [tiny_model(init_seed=s) for s in range(5)]
     for step, m in enumerate(models):
         save_snapshot(m, tmp_path / "snaps", step=(step + 1) * 10, keep=3)
     kept = snapshots(tmp_path / "snaps")
@@ -149,13 +144,13 @@ def test_bad_method_and_alpha_are_refused():
 
 
 def test_load_averaged_fills_an_in_memory_model_and_refuses_another_shape(tmp_path):
-    models = [_model(s) for s in range(3)]
+    models = [tiny_model(init_seed=s) for s in range(3)]
     paths = [save_snapshot(m, tmp_path, step=i, keep=0) for i, m in enumerate(models)]
-    target = _model(9)
+    target = tiny_model(init_seed=9)
     used = load_averaged(target, paths, "wma")
     assert used == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     expect = sum(w * m.model.norm.weight.detach() for w, m in zip(used, models))
     torch.testing.assert_close(target.model.norm.weight.detach(), expect)
-    wide = build_model(TINY.model_copy(update={"intermediate_size": 96}), 64, 0, 1)
+    wide = tiny_model(intermediate_size=96)
     with pytest.raises(AveragingError, match=r"key 'model\.layers\.0\.mlp\.\w+_proj\.weight': averaged shape"):
         load_averaged(wide, paths, "sma")

@@ -1,4 +1,5 @@
-"""The models the evaluate stage scores come from dvc.yaml (its models/ deps), not from a list kept in Python."""
+"""The models the evaluate stage scores (after the untrained baseline) come from dvc.yaml (its models/ deps),
+not from a list kept in Python."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from pathlib import Path
 
 import yaml
 from dvc.repo import Repo
-from stages.evaluate import model_names
+
+from fluxforge.orchestrate import dag
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_names(repo: Path) -> list[str]:
+    return [m.relative_to("models").as_posix() for m in dag.inputs_under("evaluate", "models", repo)]
 
 
 def _pipeline(root: Path, params: dict, evaluate_deps: list[str] | None = None) -> Path:
@@ -27,10 +33,10 @@ def _pipeline(root: Path, params: dict, evaluate_deps: list[str] | None = None) 
 def test_models_are_the_deps_of_evaluate_in_dvc_yaml(tmp_path, tiny_raw):
     tasks = list(tiny_raw["continual"]["tasks"])
     repo = _pipeline(tmp_path / "repo", tiny_raw)
-    assert model_names(repo) == ["untrained", "pretrain", *[f"continual/{t}" for t in tasks], "student"]
+    assert model_names(repo) == ["pretrain", *[f"continual/{t}" for t in tasks], "student"]
     shutil.rmtree(repo)
     repo = _pipeline(tmp_path / "repo", tiny_raw, evaluate_deps=["data/tokens", "models/continual", "models/pretrain"])
-    assert model_names(repo) == ["untrained", *[f"continual/{t}" for t in tasks], "pretrain"]
+    assert model_names(repo) == [*[f"continual/{t}" for t in tasks], "pretrain"]
 
 
 def test_continual_tasks_are_in_training_order_even_when_independent(tmp_path, tiny_raw):
@@ -39,5 +45,5 @@ def test_continual_tasks_are_in_training_order_even_when_independent(tmp_path, t
     tiny_raw["continual"]["tasks"] = {"zeta": {**task, "init": "pretrain"}, "alpha": {**task, "init": "pretrain"},
                                       "mid": {**task, "init": "continual/zeta"}, "beta": {**task, "init": "pretrain"}}
     repo = _pipeline(tmp_path / "repo", tiny_raw)
-    assert model_names(repo) == ["untrained", "pretrain", "continual/zeta", "continual/alpha", "continual/mid",
+    assert model_names(repo) == ["pretrain", "continual/zeta", "continual/alpha", "continual/mid",
                                  "continual/beta", "student"]

@@ -8,7 +8,6 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from fluxforge import paths as P
-from fluxforge.config import ModelConfig
 from fluxforge.continual.merge import (
     MergeError,
     MergeOperator,
@@ -25,16 +24,12 @@ from fluxforge.continual.merge import (
 )
 from fluxforge.data.tokenize import train_tokenizer
 from fluxforge.train.averaging import AveragingError
-from fluxforge.train.model import build_model, save_model
-from tiny import TINY
-
-
-def _model(seed: int, cfg: ModelConfig = TINY):
-    return build_model(cfg.model_copy(update={"init_seed": seed}), 64, 0, 1)
+from fluxforge.train.model import save_model
+from tiny import tiny_model
 
 
 def _state(seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().to(dtype) for k, v in _model(seed).state_dict().items()}
+    return {k: v.detach().clone().to(dtype) for k, v in tiny_model(init_seed=seed).state_dict().items()}
 
 
 def _assert_states_equal(got, expect, exact: bool = True):
@@ -138,7 +133,7 @@ def test_mixed_precision_merges_into_the_anchor_dtype():
 
 def test_mismatched_shapes_and_keys_are_refused_with_the_key_named():
     a = _state(0)
-    wide_model = build_model(TINY.model_copy(update={"intermediate_size": 96}), 64, 0, 1)
+    wide_model = tiny_model(intermediate_size=96)
     wide = {k: v.clone() for k, v in wide_model.state_dict().items()}
     with pytest.raises(AveragingError, match=r"model b: key 'model\.layers\.0\.mlp\.\w+_proj\.weight' has shape"):
         interpolate(a, wide, 0.5)
@@ -154,7 +149,7 @@ def test_mismatched_shapes_and_keys_are_refused_with_the_key_named():
 def hf_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     tok = train_tokenizer(["the cat sat on the mat"] * 20, vocab_size=300)
-    models = {name: _model(seed) for seed, name in enumerate(["base", "instruct", "updated", "task1", "task2"])}
+    models = {name: tiny_model(init_seed=seed) for seed, name in enumerate(["base", "instruct", "updated", "task1", "task2"])}
     for name, m in models.items():
         save_model(m, tok, root / name, {"name": name})
     return root, models
@@ -199,7 +194,7 @@ def test_ema_and_task_arithmetic_through_hf_directories(hf_dirs, tmp_path):
 
 def test_hf_directories_of_another_architecture_or_bad_options_are_refused(hf_dirs, tmp_path):
     root, _ = hf_dirs
-    _model(0, TINY.model_copy(update={"num_layers": 3})).save_pretrained(tmp_path / "deep", safe_serialization=True)
+    tiny_model(num_layers=3).save_pretrained(tmp_path / "deep", safe_serialization=True)
     with pytest.raises(MergeError, match=r"deep/config\.json: key 'num_hidden_layers' is 3"):
         merge_models("task_arithmetic", [root / "base", tmp_path / "deep"], tmp_path / "out")
     # same config but a tensor of another shape: the file and the tensor are named

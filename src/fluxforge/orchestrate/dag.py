@@ -82,6 +82,15 @@ def metrics_file(stage: str, filename: str | None = None, root: Path | str = "."
     return Path(root) / files[0]
 
 
+def inputs_under(stage: str, folder: Path | str, root: Path | str = ".") -> list[Path]:
+    """What ``stage`` reads from under ``folder`` (e.g. the models `evaluate` scores), in the order of its deps in
+    dvc.yaml: a dep that is a folder other stages write into (models/continual) stands for what they write there,
+    in DAG order (continual tasks in training order), so adding a model to the DAG needs no list in Python."""
+    written = [Path(o) for s in read(root) for o in s.outs]
+    deps = [Path(d) for d in get(stage, root).deps if Path(d).is_relative_to(folder)]
+    return [m for d in deps for m in ([o for o in written if o.is_relative_to(d)] or [d])]
+
+
 def downstream(names: set[str] | frozenset[str], root: Path | str = ".") -> set[str]:
     """``names`` and every stage that depends on one of them, directly or through others (DVC's own graph)."""
     import networkx as nx
