@@ -8,9 +8,11 @@ Every process binds 127.0.0.1 and authenticates with the session's token (confte
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,7 +109,10 @@ def _wait_for_nodes(address: str, count: int, nodes: list[Node], timeout: float)
         for node in nodes:
             if node.process.poll() is not None:
                 raise RuntimeError(f"a Ray node exited with {node.process.returncode}:\n{node.log.read_text()[-3000:]}")
-        out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True)
+        try:  # ray.init waits for a GCS that is not there (a head that died starting) without end: bound it
+            out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            continue  # the loop's next turn sees a dead node, or probes again
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -121,7 +126,9 @@ def ray_cluster(tmp: Path, workers: int = 1, cpus: int = 1, timeout: float = 180
     port = free_port()
     address = f"{NODE_IP}:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # workers import fluxforge as this process does
-    temp = tmp / "ray"  # the head's session files (sockets, logs); the path must stay short for unix sockets
+    # the head's session files (sockets, logs) in a short folder of their own: a unix socket's path may not exceed
+    # 107 bytes, and pytest's folders under xdist (/tmp/pytest-of-USER/pytest-N/popen-gwK/...) are longer
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))
     head = _start(["--head", "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard", "false",
                    "--temp-dir", str(temp)], tmp / "head.log", env)
     cluster = Cluster(address, head)
@@ -133,3 +140,4 @@ def ray_cluster(tmp: Path, workers: int = 1, cpus: int = 1, timeout: float = 180
     finally:
         for node in [*cluster.workers, head]:
             node.stop()
+        shutil.rmtree(temp, ignore_errors=True)
