@@ -32,9 +32,8 @@ class Node:
     process: subprocess.Popen
     log: Path
 
-    def processes(self) -> list[psutil.Process]:
-        """The node's processes: its raylet and agents (its process group) and the workers its raylet forked
-        (Ray gives each worker a process group of its own)."""
+    def group(self) -> list[psutil.Process]:
+        """The node's own processes: its raylet and agents (its process group; a scan of every process)."""
         group = []
         for p in psutil.process_iter(["pid"]):
             try:
@@ -42,6 +41,12 @@ class Node:
                     group.append(p)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
+        return group
+
+    def processes(self, group: list[psutil.Process] | None = None) -> list[psutil.Process]:
+        """The node's processes: its raylet and agents (``group``, scanned when not given) and the workers its raylet
+        forked (Ray gives each worker a process group of its own)."""
+        group = self.group() if group is None else group
         found = {p.pid: p for p in group}
         for p in group:
             try:
@@ -58,10 +63,10 @@ class Node:
             except psutil.NoSuchProcess:
                 pass
 
-    def task_workers(self, function: str) -> list[psutil.Process]:
+    def task_workers(self, function: str, group: list[psutil.Process] | None = None) -> list[psutil.Process]:
         """Worker processes of this node running ``function`` now (Ray titles them ``ray::<function>``)."""
         out = []
-        for p in self.processes():
+        for p in self.processes(group):
             try:
                 if p.cmdline()[:1] and p.cmdline()[0].startswith(f"ray::{function}"):
                     out.append(p)

@@ -93,8 +93,9 @@ class Killer(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        group = self.node.group()  # scanning every process each turn takes long enough under load to miss a short task
         while not self.stop.is_set():
-            for p in self.node.task_workers(self.function):
+            for p in self.node.task_workers(self.function, group):
                 title = " ".join(p.cmdline())
                 if self.whole_node:  # the machine is gone: raylet, object store and workers at once
                     self.node.kill()
