@@ -1,0 +1,69 @@
+"""Start-up of each DVC stage before its work begins: a fresh process importing ``stages.<name>``.
+
+Why: a tiny stage does about a second of work, so its start-up is most of what `make run` and the end-to-end
+tests wait for. Two conditions per stage, each in fresh processes, median of ``--repeats``:
+
+- ``cached``: Python reads the installed bytecode (what `make install` leaves: uv --compile-bytecode, pip's
+  default, compileall of our sources);
+- ``no bytecode``: Python compiles every module from source, as it did on machines that set
+  PYTHONDONTWRITEBYTECODE (CI images, containers) before the install compiled it: simulated with -B and an empty
+  PYTHONPYCACHEPREFIX, so no cached file is read and none is written.
+
+Usage (inside .venv, on an otherwise idle machine):
+    python benchmarks/stage_startup.py [--repeats 3]
+Writes the "Stage start-up" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report_md import machine, replace_section  # noqa: E402
+
+
+def import_seconds(module: str, env: dict[str, str], flags: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *flags, "-c", f"import {module}"], cwd=ROOT, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    stages = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")
+    base = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    rows = []
+    with tempfile.TemporaryDirectory() as empty:
+        cold = {**base, "PYTHONPYCACHEPREFIX": empty}
+        for name in stages:
+            module = f"stages.{name}"
+            import_seconds(module, base, [])  # warm the page cache
+            cached = statistics.median(import_seconds(module, base, []) for _ in range(args.repeats))
+            source = statistics.median(import_seconds(module, cold, ["-B"]) for _ in range(args.repeats))
+            rows.append((name, cached, source))
+            print(f"{name:14s} cached {cached:5.2f} s   no bytecode {source:5.2f} s", flush=True)
+    lines = ["| stage | start-up, bytecode cached (s) | start-up, no bytecode (s) |", "|---|---|---|"]
+    lines += [f"| `{n}` | {c:.2f} | {s:.2f} |" for n, c, s in rows]
+    med_c, med_s = statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows)
+    body = (f"Machine: {machine()}. Date: {dt.date.today()}. Command: `.venv/bin/python benchmarks/stage_startup.py "
+            f"--repeats {args.repeats}`.\n\nSeconds for a fresh process to import the stage module (everything a stage "
+            f"loads before its work starts), median of {args.repeats}. Median over stages: {med_c:.2f} s with the "
+            f"bytecode `make install` compiles, {med_s:.2f} s without it (every module compiled from source on each "
+            f"start, which is what a PYTHONDONTWRITEBYTECODE machine did before).\n\n" + "\n".join(lines) + "\n")
+    replace_section(ROOT / "BENCHMARKS.md", "Stage start-up", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
