@@ -29,7 +29,7 @@ for key, value in {
     os.environ.setdefault(key, value)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
-    # `make test` runs two workers (and the tiny repo's build beside them): torch threads per process are the
+    # `make test` runs a worker per core (and the tiny repo's build beside them): torch threads per process are the
     # cores shared out, never more, or the workers' threads wait for each other (issue #18's collapse)
     share = str(max(1, len(os.sched_getaffinity(0)) // workers))
     os.environ.setdefault("FLUXFORGE_THREADS", share)  # the stages' torch threads (runtime.set_threads)
