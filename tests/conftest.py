@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,23 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
     os.environ.setdefault("OMP_NUM_THREADS", share)  # torch's default in the workers and every child process
 
 TINY_REPO = pytest.StashKey["TinyRepoBuild"]()
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_restored() -> Iterator[None]:
+    """Each test starts on the store it was given: none. ``mlflow.set_tracking_uri`` (which every in-process stage run
+    calls) also exports MLFLOW_TRACKING_URI, so a later test's subprocesses - a refresh's stages - wrote to a deleted
+    test's store (CI, stop 25: the flow registered its model somewhere else)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = None  # the module global set_tracking_uri keeps beside the variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture
