@@ -64,7 +64,8 @@ def one_seed(params, seed: int) -> dict:  # noqa: ANN001
     models = {o: ViTMAEForPreTraining.from_pretrained(P.model_dir(f"mae/{o}")).eval() for o in mm.mae.objectives}
     clip, tok = load_clip(P.model_dir("clip"))
     start = time.perf_counter()
-    ev = evaluate_image_branch(mm, models, encoder_model(build("mae", mm.mae)), clip, tok, P.MM_CURATED, P.REPORTS / "mm")
+    ev = evaluate_image_branch(mm, models, encoder_model(build("mae", mm.mae)), {"clip": clip}, tok, P.MM_CURATED,
+                               P.REPORTS / "mm")
     row["seconds.eval"] = time.perf_counter() - start
     row.update({f"probe.{k}": v["accuracy"] for k, v in ev["probes"].items()})
     zs, r = ev["clip"]["zero_shot.heldout"], ev["clip"]["retrieval.heldout"]

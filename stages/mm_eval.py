@@ -1,4 +1,5 @@
-"""DVC stage `mm_eval`: linear probes (raw pixels, random init, each MAE objective), CLIP zero-shot and retrieval."""
+"""DVC stage `mm_eval`: linear probes (raw pixels, random init, each MAE objective); zero-shot and retrieval of the
+pretrained CLIP and of the stream's."""
 
 import logging
 
@@ -23,7 +24,9 @@ def main(params: Params) -> None:
     mm = params.mm
     models = {o: ViTMAEForPreTraining.from_pretrained(P.model_dir(f"mae/{o}")).eval() for o in mm.mae.objectives}
     clip, tok = load_clip(P.model_dir("clip"))
-    metrics = evaluate_image_branch(mm, models, encoder_model(build("mae", mm.mae)), clip, tok, P.MM_CURATED, P.REPORTS / "mm")
+    stream, _ = load_clip(P.model_dir("mm_stream"))
+    metrics = evaluate_image_branch(mm, models, encoder_model(build("mae", mm.mae)), {"clip": clip, "stream": stream}, tok,
+                                    P.MM_CURATED, P.REPORTS / "mm")
     metrics["mae"] = {o: {k: P.model_info(P.model_dir(f"mae/{o}"))[k] for k in MAE_KEYS} for o in mm.mae.objectives}
     write_json(P.METRICS / "mm_eval.json", metrics)
     with stage_run("mm_eval", params, mm.eval.model_dump(), inputs={"mm_curated": P.MM_CURATED}) as run:
@@ -31,7 +34,8 @@ def main(params: Params) -> None:
         run.artifact(P.REPORTS / "mm", "mm")
     for name, row in metrics["probes"].items():
         log.info("probe %-12s %.3f [%.3f, %.3f]", name, row["accuracy"], row["low"], row["high"])
-    log.info("clip zero-shot %.3f (chance %.3f)", *(metrics["clip"]["zero_shot.heldout"][k] for k in ("accuracy", "chance")))
+    for name in ("clip", "stream"):
+        log.info("%s zero-shot %.3f (chance %.3f)", name, *(metrics[name]["zero_shot.heldout"][k] for k in ("accuracy", "chance")))
 
 
 if __name__ == "__main__":

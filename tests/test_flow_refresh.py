@@ -80,6 +80,18 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     assert set(again["stages"].values()) == {"up to date"} and again["commit"] is None
     assert again["watermark"]["new_documents"] == 0
 
+    # an image-branch param changes: the refresh reruns the stream and what reads it, and registers a new fluxforge-clip
+    # version through its gate (the language stages stay up to date)
+    params = yaml.safe_load((flow_repo / "params.yaml").read_text())
+    params["mm"]["stream"]["ordering"] = "reverse"
+    (flow_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    image = refresh(str(flow_repo))
+    reran = {s for s, how in image["stages"].items() if how == "ran"}
+    assert {"mm_stream", "mm_eval", "mm_register"} <= reran and not reran & {"pretrain", "clip_pretrain", "mm_curate"}
+    clip = mlflow.MlflowClient(tracking_uri=f"sqlite:///{flow_repo / 'mlflow.db'}").get_model_version("fluxforge-clip", "2")
+    assert clip.tags["gate"] in ("passed", "failed") and clip.tags["gate.reasons"]
+    assert json.loads((flow_repo / "metrics" / "mm_register.json").read_text())["version"] == "2"
+
     # the planted secret is nowhere: not in dvc.lock or params, MLflow's store, or the flow run's Prefect logs
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

@@ -139,7 +139,8 @@ def _summary(args: argparse.Namespace) -> int:
         if promise := sm["replay"].get("promise"):
             print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
     _registry_line(reg)
-    _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root))
+    _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root),
+                   dag.metrics_file("mm_stream", root=root))
     return 0
 
 
@@ -150,8 +151,9 @@ def _registry_line(reg: Path) -> None:
         print(f"  registry     : {r['model_name']} v{r['version']} challenger, {state}")
 
 
-def _image_summary(ev: Path, reg: Path) -> None:
-    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the fluxforge-clip decision."""
+def _image_summary(ev: Path, reg: Path, stream: Path) -> None:
+    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the stream's methods, the
+    fluxforge-clip decision."""
     if not ev.exists():
         return
     m = json.loads(ev.read_text())
@@ -159,7 +161,15 @@ def _image_summary(ev: Path, reg: Path) -> None:
     zs, r5 = m["clip"]["zero_shot.heldout"], m["clip"]["retrieval.heldout"]
     print(f"  images       : digits probe {probes}; CLIP zero-shot {zs['accuracy']:.3f} ({zs['over_chance']:.1f}x chance), "
           f"R@5 {r5['image_to_text.R5']:.3f} (chance {r5['image_to_text.R5_chance']:.3f})")
+    if stream.exists():
+        print(_clip_stream_line(json.loads(stream.read_text())))
     _registry_line(reg)
+
+
+def _clip_stream_line(s: dict) -> str:
+    """``mm_stream`` in one line: A_KA / A_ZS per run (FoMo-in-Flux's numbers) and the deployed run."""
+    runs = "; ".join(f"{name} {r['metrics']['a_ka']:.3f}/{r['metrics']['a_zs']:.3f}" for name, r in s["runs"].items())
+    return f"  image stream : {len(s['tasks'])} tasks, A_KA/A_ZS {runs}; deployed {s['deploy']}"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -335,6 +345,8 @@ def _eval(args: argparse.Namespace) -> int:
     from fluxforge.runtime import setup_logging
 
     setup_logging()  # a skipped row is a warning naming it
+    if Path(args.task).suffix == ".parquet":
+        return _eval_images(args)
     try:
         task = load_task(args.task, args.format, strict=args.strict)  # before the model: a broken file fails in a second
         if args.limit is not None and args.limit < 1:
@@ -375,6 +387,44 @@ def _eval(args: argparse.Namespace) -> int:
     if args.log:
         print(f"MLflow run: {_log_eval(args, task, result)}")
     return 1 if diff is not None and not diff["identical"] else 0
+
+
+def _eval_images(args: argparse.Namespace) -> int:
+    """A CLIP on a curated image table: zero-shot accuracy over the world's concepts (or the digits) and retrieval."""
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.eval.image_branch import score_image_table
+    from fluxforge.eval.zero_shot import load_clip
+    from fluxforge.io import write_json
+    from fluxforge.runtime import set_threads
+    from fluxforge.track.resolve import local_model_path
+
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise FluxForgeError(f"--limit must be at least 1, got {args.limit}")
+        set_threads()
+        if args.model.startswith("models:/"):
+            _use_registry(args)
+        path = local_model_path(args.model)
+        config = path / "config.json"
+        if not config.exists() or json.loads(config.read_text()).get("model_type") != "clip":
+            raise FluxForgeError(f"{path}: not a CLIP model; an image table ({args.task}) is scored by a CLIP "
+                                 "(models/clip, models/mm_stream or models:/fluxforge-clip@champion)")
+        model, tok = load_clip(path)
+        result = score_image_table(model, tok, Path(args.task), [args.split] if args.split != "all" else None,
+                                   args.batch_size, args.limit)
+    except FluxForgeError as err:
+        print(f"fluxforge eval: {err}", file=sys.stderr)
+        return 2
+    zs, r = result["zero_shot"], result["retrieval"]
+    print(f"{args.task} ({args.split}): {result['images']} images, {result['labels']} labels\n"
+          f"  zero-shot accuracy {zs['accuracy']:.4f} (chance {zs['chance']:.4f}, {zs['over_chance']:.1f}x)\n"
+          f"  image->text R@1 {r['image_to_text.R1']:.4f} R@5 {r['image_to_text.R5']:.4f} (chance {r['image_to_text.R5_chance']:.4f}); "
+          f"text->image R@1 {r['text_to_image.R1']:.4f} R@5 {r['text_to_image.R5']:.4f}")
+    if args.out:
+        write_json(Path(args.out), {"model": args.model, "model_path": str(path), "file": args.task, "split": args.split,
+                                    **result})
+        print(f"results: {args.out}")
+    return 0
 
 
 def _compare(result, samples: list[dict], path: str) -> dict:  # noqa: ANN001 - a TaskResult
@@ -613,9 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     m = sub.add_parser("summary", help="print where results are and the headline numbers")
     m.set_defaults(fn=_summary)
-    e = sub.add_parser("eval", help="score a model on a multiple-choice task file (CTI-MCQ TSV, CyberMetric/SecEval JSON, world mcq.jsonl)")
+    e = sub.add_parser("eval", help="score a model on a multiple-choice task file (CTI-MCQ TSV, CyberMetric/SecEval JSON, "
+                       "world mcq.jsonl), or a CLIP on a curated image table (.parquet: zero-shot and retrieval)")
     e.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
-    e.add_argument("--task", required=True, help="task file")
+    e.add_argument("--task", required=True, help="task file; a .parquet image table (data/mm/curated/shapes.parquet, "
+                   "digits.parquet) is scored zero-shot by a CLIP")
+    e.add_argument("--split", default="test", help="image tables: the rows of this split (train, test, unseen; all: every row)")
     e.add_argument("--format", choices=("native", "cti-mcq", "cybermetric", "seceval"), help="task format (default: detected)")
     e.add_argument("--method", choices=("loglik", "generate"), default="loglik",
                    help="loglik: rank options by likelihood; generate: greedy reply parsed as the official script does")

@@ -53,6 +53,7 @@ from fluxforge.config.methods import (
     UpdateSettings,
 )
 from fluxforge.config.mm import (
+    NO_REPLAY,
     BMMAEObjective,
     CLIPSettings,
     CLIPText,
@@ -67,8 +68,10 @@ from fluxforge.config.mm import (
     MMEval,
     MMGate,
     MMRegister,
+    MMStream,
     MMTrain,
     MMWorld,
+    StreamMixture,
 )
 from fluxforge.config.model import ModelConfig
 from fluxforge.config.params import Params
@@ -101,7 +104,7 @@ from fluxforge.config.world import CyberWorld, DefectRates, GeneralWorld, WorldC
 __all__ = [
     "builds",
     "BMMAEObjective", "CLIPSettings", "CLIPText", "CLIPVision", "CMAEObjective", "MAEConfig", "MAEModel", "MAEObjective",
-    "MMConfig", "MMCurate", "MMDefects", "MMEval", "MMGate", "MMRegister", "MMTrain", "MMWorld",
+    "MMConfig", "MMCurate", "MMDefects", "MMEval", "MMGate", "MMRegister", "MMStream", "MMTrain", "MMWorld", "NO_REPLAY", "StreamMixture",
     "DOMAINS", "RAW_COLUMNS", "AdapterSettings", "AgeConfig", "AveragingSettings", "BudgetSettings", "EWCSettings",
     "GaLoreSettings", "SISettings", "UpdateSettings", "BoilerplateConfig", "C4Config", "CMRPlanner",
     "ContinualConfig", "ContinualTask", "ContractConfig", "ContractsConfig", "CurriculumSettings", "CyberWorld",

@@ -12,6 +12,18 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from fluxforge.config.base import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Strict
+from fluxforge.config.methods import (
+    MERGE_SCHEDULES,
+    METHODS,
+    AdapterSettings,
+    BudgetSettings,
+    EWCSettings,
+    GaLoreSettings,
+    MergeSettings,
+    SISettings,
+    UpdateSettings,
+    check_update,
+)
 from fluxforge.config.train import TrainConfig
 
 MaskRatio = Annotated[float, Field(ge=0, lt=1)]
@@ -238,6 +250,84 @@ class CLIPSettings(Strict):
     train: MMTrain = MMTrain(steps=400)  # zero-shot accuracy was the same after 400 steps as after 600 (11.6x chance)
 
 
+NO_REPLAY = "no_replay"  # a run of mm.stream.methods: full finetuning with the update share only (no replay, no buffer)
+
+
+class StreamMixture(Strict):
+    """Shares of each training batch of an image-text stream task (FoMo-in-Flux's mixture): pairs of the pretraining
+    data (``replay``), of the task (``update``) and of the reservoir buffer of earlier tasks (``buffer``). While the
+    buffer is empty (the first task) its share goes to the update."""
+
+    replay: Fraction = 0.33
+    update: Fraction = 0.34
+    buffer: Fraction = 0.33
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> StreamMixture:
+        total = self.replay + self.update + self.buffer
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"mm.stream.mixture: replay + update + buffer = {self.replay:g} + {self.update:g} + "
+                             f"{self.buffer:g} = {total:g}; the shares of a batch must sum to 1")
+        if self.update == 0:
+            raise ValueError("mm.stream.mixture.update is 0: a task would never see its own pairs")
+        return self
+
+
+def _attention_projections() -> AdapterSettings:
+    return AdapterSettings(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+
+
+class MMStream(Strict):
+    """``mm_stream``: FoMo-in-Flux over the later world slices (fluxforge.continual.clip_stream).
+
+    The stream's items are FoMo's ``SET+++concept`` strings (``shapes-s2+++red star``), ordered by ``ordering`` or
+    read from ``order_file`` (FoMo's JSON list), cut into ``num_tasks`` chunks. Every run in ``methods`` starts from
+    ``models/clip`` and trains the same tasks on the same budget (``budget.kind``: equal memory-adjusted FLOPs by
+    default, full finetuning taking ``train.steps`` per task); ``deploy`` names the run saved as ``models/mm_stream``
+    (what ``mm_eval`` scores and ``mm_register`` registers). The family keys (``adapter``, ``merge``...) are the
+    language stream's (fluxforge.config.methods).
+    """
+
+    slices: list[PosInt] = Field(default_factory=lambda: [2, 3], min_length=1)
+    num_tasks: PosInt = 3
+    ordering: Literal["given", "random", "reverse"] = "given"
+    order_file: str | None = None  # FoMo's ordering JSON: a list of "SET+++concept"; overrides ordering
+    seed: int = 0  # the random ordering and the reservoir
+    mixture: StreamMixture = StreamMixture()
+    buffer_size: PosInt = 200  # reservoir capacity, in pairs
+    methods: list[str] = Field(default_factory=lambda: ["finetune", NO_REPLAY, "lora", "ema_merge"], min_length=1)
+    deploy: str = "finetune"
+    train: MMTrain = MMTrain(steps=100, lr=5e-4, warmup_steps=10, log_every=10, checkpoint_every=50)
+    adapter: AdapterSettings = Field(default_factory=_attention_projections)  # LoRA on the attention projections
+    galore: GaLoreSettings = GaLoreSettings()
+    ewc: EWCSettings = EWCSettings()
+    si: SISettings = SISettings()
+    merge: MergeSettings = MergeSettings()
+    budget: BudgetSettings = BudgetSettings(kind="maf")
+
+    def settings_for(self, run: str) -> UpdateSettings:
+        """The update settings of one run of ``methods`` (``no_replay`` is full finetuning)."""
+        return UpdateSettings(method="finetune" if run == NO_REPLAY else run, adapter=self.adapter, galore=self.galore,
+                              ewc=self.ewc, si=self.si, merge=self.merge, budget=self.budget)
+
+    @model_validator(mode="after")
+    def _runs(self) -> MMStream:
+        known = (*METHODS, NO_REPLAY)
+        for i, run in enumerate(self.methods):
+            if run not in known:
+                raise ValueError(f"mm.stream.methods[{i}]: unknown method {run!r}; choose from {', '.join(known)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"mm.stream.methods lists a method twice: {self.methods}")
+        if self.deploy not in self.methods:
+            raise ValueError(f"mm.stream.deploy: {self.deploy!r} is not one of mm.stream.methods {self.methods}")
+        if len(set(self.slices)) != len(self.slices):
+            raise ValueError(f"mm.stream.slices lists a slice twice: {self.slices}")
+        for run in self.methods:
+            if run in MERGE_SCHEDULES:
+                check_update(self.settings_for(run), "cosine", "mm.stream")
+        return self
+
+
 class MMEval(Strict):
     """``mm_eval``: linear probes on frozen features, CLIP zero-shot and retrieval."""
 
@@ -266,5 +356,14 @@ class MMConfig(Strict):
     curate: MMCurate = MMCurate()
     mae: MAEConfig = MAEConfig()
     clip: CLIPSettings = CLIPSettings()
+    stream: MMStream = MMStream()
     eval: MMEval = MMEval()
     registry: MMRegister = Field(default=MMRegister(), alias="register")  # ``register`` is a pydantic name
+
+    @model_validator(mode="after")
+    def _stream_after_clip(self) -> MMConfig:
+        overlap = sorted(set(self.stream.slices) & set(self.clip.slices))
+        if overlap:
+            raise ValueError(f"mm.stream.slices {self.stream.slices} repeat slice(s) {overlap} of mm.clip.slices "
+                             f"{self.clip.slices}: a stream updates the pretrained CLIP on later slices")
+        return self

@@ -25,7 +25,8 @@ from fluxforge.track.registry import lineage_tags, register_challenger, set_vers
 from fluxforge.track.runs import stage_run
 
 PYFUNC = Path(__file__).with_name("clip_pyfunc.py")
-MODEL = "clip"  # the DAG model registered (models/clip)
+MODEL = "mm_stream"  # the DAG model registered: the stream's final CLIP (models/mm_stream)
+SCORES = "stream"  # its scores in mm_eval's metrics
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,16 @@ class ClipScores:
 ClipChampion = ClipScores | Unreadable | None
 
 
-def clip_headline(ev: Mapping) -> dict[str, float]:
-    """The numbers a version records and the gate reads (``mm_eval``'s metrics)."""
-    c = ev["clip"]
+def clip_headline(c: Mapping) -> dict[str, float]:
+    """The numbers a version records and the gate reads (one model's block of ``mm_eval``'s metrics)."""
     zs, r = c["zero_shot.heldout"], c["retrieval.heldout"]
     return {"zero_shot": zs["accuracy"], "zero_shot_chance": zs["chance"], "zero_shot_unseen": c["zero_shot.unseen"]["accuracy"],
             "recall5": r["image_to_text.R5"], "recall5_chance": r["image_to_text.R5_chance"]}
 
 
-def clip_tags(ev: Mapping) -> dict[str, str]:
+def clip_tags(c: Mapping) -> dict[str, str]:
     """Evaluation tags at full precision, with the digest of the held-out sets they were measured on."""
-    return {**{f"eval.{k}": repr(float(v)) for k, v in clip_headline(ev).items()}, "eval.set_digest": ev["clip"]["eval_set_digest"]}
+    return {**{f"eval.{k}": repr(float(v)) for k, v in clip_headline(c).items()}, "eval.set_digest": c["eval_set_digest"]}
 
 
 def clip_scores(version: str, tags: Mapping[str, str]) -> ClipScores | Unreadable:
@@ -79,9 +79,9 @@ def champion_rule(zero_shot: float, digest: str, champion: ClipChampion, margin:
                                    f"({gain:+.3f}, need >= +{margin:.3f}; a tie keeps the champion)")
 
 
-def clip_gate(ev: Mapping, cfg: MMGate, champion: ClipChampion) -> tuple[bool, list[str]]:
-    """(passed, one PASS/FAIL line per rule)."""
-    h = clip_headline(ev)
+def clip_gate(c: Mapping, cfg: MMGate, champion: ClipChampion) -> tuple[bool, list[str]]:
+    """(passed, one PASS/FAIL line per rule) for one model's block of ``mm_eval``'s metrics."""
+    h = clip_headline(c)
     rules = [
         (h["zero_shot"] >= cfg.min_zero_shot_over_chance * h["zero_shot_chance"],
          f"held-out zero-shot accuracy {h['zero_shot']:.3f} = {h['zero_shot'] / h['zero_shot_chance']:.1f}x chance "
@@ -91,7 +91,7 @@ def clip_gate(ev: Mapping, cfg: MMGate, champion: ClipChampion) -> tuple[bool, l
          f"(need >= {cfg.min_recall5_over_chance:g}x)"),
     ]
     if cfg.must_beat_champion:
-        rules.append(champion_rule(h["zero_shot"], ev["clip"]["eval_set_digest"], champion, cfg.champion_margin))
+        rules.append(champion_rule(h["zero_shot"], c["eval_set_digest"], champion, cfg.champion_margin))
     return all(ok for ok, _ in rules), [("PASS " if ok else "FAIL ") + text for ok, text in rules]
 
 
@@ -105,25 +105,27 @@ def read_clip_champion(client, name: str) -> ClipChampion:  # noqa: ANN001 - an 
     return clip_scores(str(mv.version), mv.tags or {})
 
 
-def register_clip(params: Params, ev: Mapping, model: str = MODEL) -> dict:
-    """Register ``models/<model>`` as a new ``fluxforge-clip`` version (challenger); promote it if the gate passes."""
+def register_clip(params: Params, ev: Mapping, model: str = MODEL, scores: str = SCORES) -> dict:
+    """Register ``models/<model>`` as a new ``fluxforge-clip`` version (challenger); promote it if the gate passes on
+    its scores (``ev[scores]``, mm_eval's block for that model)."""
     import mlflow
 
+    c = ev[scores]
     name = params.mm.registry.model_name
     with stage_run("mm_register", params, params.mm.registry.model_dump(), inputs={"model": P.model_dir(model)}) as run:
-        tags = {**lineage_tags(params, model), **clip_tags(ev),
+        tags = {**lineage_tags(params, model), **clip_tags(c),
                 "data.mm_curated.sha256": digest_path(P.MM_CURATED) if P.MM_CURATED.exists() else ""}
         version = register_challenger(name, P.model_dir(model), tags, PYFUNC,
                                       ["torch", "transformers", "safetensors", "pillow"])
         with champion_section(name, mlflow.get_tracking_uri()) as section:
             champion = read_clip_champion(section.client, name)
-            passed, reasons = clip_gate(ev, params.mm.registry.gate, champion)
+            passed, reasons = clip_gate(c, params.mm.registry.gate, champion)
             section.client.set_model_version_tag(name, version, "gate", "passed" if passed else "failed")
             if passed:
                 section.move(version, "promote", "gate passed")
         set_version_tags(mlflow.MlflowClient(), name, version,
                          {"gate.reasons": "\n".join(reasons), "gate.champion": champion.version if champion else ""})
-        nums = clip_headline(ev)
+        nums = clip_headline(c)
         run.metrics({"promoted": int(passed), **nums})
         mlflow.set_tags({"registered_model": name, "registered_version": version})
     return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "promoted": passed,

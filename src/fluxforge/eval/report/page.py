@@ -30,7 +30,8 @@ def build_report(params: Params, out: Path) -> Path:
         "accuracy": accuracy(ev), "tests": tests(ev), "distill": distill(ev),
         "stream": stream(P.METRICS / "stream.json", P.PLOTS / "stream" / "gap.csv"),
         "registry": registry(read_json(P.METRICS / "register.json")),
-        "images": images(P.METRICS / "mm_eval.json", P.METRICS / "mm_register.json", P.REPORTS / "mm"),
+        "images": images(P.METRICS / "mm_eval.json", P.METRICS / "mm_register.json", P.REPORTS / "mm",
+                         P.METRICS / "mm_stream.json"),
     }
     page = render("report.html.j2", final=ev.get("final", "?"), questions=ev.get("questions", 0),
                   experiment=params.tracking.experiment, **sections)
