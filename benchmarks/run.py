@@ -1,7 +1,8 @@
 """Run the benchmarks (`make bench`: all of them). Each writes its own section of BENCHMARKS.md.
 
-Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, flow_overhead, scoring_throughput, distill_variants;
-default: all; distill_variants needs the outputs of `make run`)
+Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, flow_overhead, scoring_throughput, distill_variants,
+minhash_vs_datasketch, filters_vs_datatrove, image_branch, mm_stream; default: all; distill_variants needs the outputs of
+`make run`; image_branch and mm_stream build their own world in a temporary folder)
 Options after the names go to each benchmark run, e.g. `run.py scoring_throughput --threads 1`.
 """
 
@@ -11,7 +12,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("dag_timing", "flow_overhead", "scoring_throughput", "distill_variants", "minhash_vs_datasketch", "filters_vs_datatrove")
+SCRIPTS = (
+    "dag_timing",
+    "flow_overhead",
+    "scoring_throughput",
+    "distill_variants",
+    "minhash_vs_datasketch",
+    "filters_vs_datatrove",
+    "image_branch",
+    "mm_stream",
+)
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, of {', '.join(SCRIPTS)} (default: all)")
