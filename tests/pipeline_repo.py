@@ -75,6 +75,30 @@ def copy_repo(src: Path, dest: Path) -> Path:
     return dest
 
 
+def seed_run_cache(src: Path, dest: Path, run: frozenset[str] = frozenset()) -> list[str]:
+    """Give ``dest`` the DVC cache of the reproduced repo ``src`` (its objects and its run-cache) except the runs of
+    the stage modules in ``run`` (``{"world", "pretrain"}``): `dvc repro` in ``dest`` then restores every other stage
+    whose command, dependencies and params match a run of ``src`` instead of running it, and runs those in ``run``
+    (and whatever their changed outputs reach) for real. Returns the commands whose runs were left out.
+
+    A whole-DAG test that needs the DAG's *outputs* but not every stage's work (the flow, a profile experiment)
+    costs seconds instead of minutes this way; what the stages compute is the session's tiny repo's to show."""
+    import yaml
+
+    cache = dest / ".dvc" / "cache"
+    shutil.copytree(src / ".dvc" / "cache" / "files", cache / "files", dirs_exist_ok=True)
+    left = []
+    for entry in sorted((src / ".dvc" / "cache" / "runs").glob("*/*/*")):
+        cmd = yaml.safe_load(entry.read_text())["cmd"]
+        if re.search(r"-m stages\.(\w+)", cmd).group(1) in run:
+            left.append(cmd)
+            continue
+        target = cache / entry.relative_to(src / ".dvc" / "cache")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(entry, target)
+    return left
+
+
 def reproduce(dest: Path) -> dict[str, str]:
     """Make the tiny repo at ``dest`` and reproduce it with plain `dvc repro`; its cached output hashes."""
     import yaml

@@ -276,8 +276,10 @@ def _refresh(args: argparse.Namespace) -> int:
         print(f"refresh did not start: {err}\nPoint PREFECT_API_URL at a running server (prefect server start), or "
               "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS for the temporary one.", file=sys.stderr)
         return 1
-    ran = [s for s, v in result["stages"].items() if v != "up to date"]
-    print(f"refresh done: {len(ran)} of {len(result['stages'])} stages ran ({', '.join(ran) or 'none'})")
+    ran = [s for s, v in result["stages"].items() if v == "ran"]
+    restored = [s for s, v in result["stages"].items() if v == "restored"]
+    print(f"refresh done: {len(ran)} of {len(result['stages'])} stages ran ({', '.join(ran) or 'none'})"
+          + (f"; {len(restored)} restored from DVC's run-cache ({', '.join(restored)})" if restored else ""))
     w = result["watermark"]
     if w["new_documents"] is not None:
         print(f"  data: {w['new_documents']} documents newer than the previous watermark {w['before']}")

@@ -50,6 +50,7 @@ class StageFailed(RuntimeError):
 # A stage that reports a readable FluxForge failure (bad params, broken contract, bad input) fails the
 # same way on every try; anything else (a lock held, a storage hiccup, a killed process) is worth a retry.
 _DETERMINISTIC = re.compile(r"fluxforge: stage '[^']+' (not started|failed:)")
+_RESTORED = re.compile(r"Stage '[^']+' is cached - skipping run")  # DVC's line for a run-cache hit
 
 
 def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
@@ -95,7 +96,10 @@ def _api_url() -> str | None:
 
 @task(cache_policy=NONE, task_run_name="dvc:{stage}")
 def repro_stage(root: str, stage: str, force: bool = False) -> str:
-    """Reproduce one stage (``force``: even if DVC sees no change); return 'ran' or 'up to date'.
+    """Reproduce one stage (``force``: even if DVC sees no change); return 'ran', 'restored' or 'up to date'.
+
+    'restored': DVC found this exact run (same command, dependencies and params) in its run-cache and checked its
+    outputs out instead of running the command, so nothing of the stage ran (no MLflow run, no log of its own).
 
     A transient failure (a lock held, a killed process) is retried with backoff; a stage that fails with a
     FluxForge message fails at once.
@@ -110,7 +114,7 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
             if proc.returncode:
                 raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}",
                                   transient=not _DETERMINISTIC.search(out))
-    status = "ran" if re.search(r"Running stage", out) else "up to date"
+    status = "ran" if re.search(r"Running stage", out) else "restored" if _RESTORED.search(out) else "up to date"
     logger.info("%s: %s", stage, status)
     return status
 
