@@ -21,14 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import shlex
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -39,26 +35,8 @@ from fluxforge.config import load_params, parse_params, read_params  # noqa: E40
 from fluxforge.continual.metrics import continual_metrics  # noqa: E402
 from fluxforge.continual.runner import BASE, EvalSets, matrix, run_stream  # noqa: E402
 from fluxforge.data.tokenize import load_pretrained_tokenizer  # noqa: E402
+from fluxforge.eval.update_methods import METHODS, METRICS, RESULTS, compare  # noqa: E402
 from fluxforge.runtime import setup_logging  # noqa: E402
-
-METHODS = ("finetune", "lora", "ewc", "ema_merge", "zs_merge")
-METRICS = (("a_ka", "A_KA", 1), ("a_zs", "A_ZS", 1), ("geometric_mean", "sqrt(A_KA A_ZS)", 1), ("forgetting", "forgetting", -1))
-# FoMo-in-Flux's findings (methods.md section 8 and the issue), one per method, to set each direction against
-FOMO = {
-    "lora": "FoMo-in-Flux: parameter-efficient updates forget less but learn less than full finetuning",
-    "ewc": "FoMo-in-Flux: its table 4 leaves EWC 14 steps a task (the Fisher pass charged to every step), so it barely "
-           "moves from the zero-shot model: retention kept, little accumulated",
-    "ema_merge": "FoMo-in-Flux: model merging gives the best accumulation/retention trade-off (the highest geometric mean)",
-    "zs_merge": "FoMo-in-Flux: model merging gives the best accumulation/retention trade-off (the highest geometric mean)",
-}
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for one value)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), 0.0
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def one_run(args: argparse.Namespace, method: str, seed: int, base_seed: int, tok, evals: EvalSets) -> dict:  # noqa: ANN001
@@ -83,46 +61,22 @@ def one_run(args: argparse.Namespace, method: str, seed: int, base_seed: int, to
             "zero_shot": {"a_zs": res["rows"][0][BASE]["acc"]}}
 
 
-def direction(diffs: list[float], sign: int) -> str:
-    """Paired differences to finetuning as a word: better/worse when the 95% interval excludes 0, else unclear."""
-    mean, half = interval(diffs)
-    if mean - half > 0:
-        return "better" if sign > 0 else "worse"
-    if mean + half < 0:
-        return "worse" if sign > 0 else "better"
-    return "no clear difference"
-
-
 def section(runs: list[dict], args: argparse.Namespace, methods: list[str], seconds: float, command: str) -> tuple[str, dict]:
-    by = {m: [r for r in runs if r["method"] == m] for m in methods}
+    cmp = compare(runs, methods)
     head = "| method | steps per task | memory x | " + " | ".join(label for _, label, _ in METRICS) + " | base ppl rise |"
     lines = [head, "|" + "---|" * (4 + len(METRICS))]
-    summary: dict[str, dict] = {}
-    for m in methods:
-        rows = by[m]
-        cells = {k: interval([r[k] for r in rows if r[k] is not None]) for k, _, _ in METRICS}
-        rise = interval([r["base_ppl_rise"] for r in rows])
-        steps = ", ".join(f"{t} {n}" for t, n in rows[0]["steps"].items())
-        lines.append(f"| {m} | {steps} | {rows[0]['memory_multiplier']:.2f} | "
-                     + " | ".join(f"{mu:.3f} ± {h:.3f}" for mu, h in cells.values()) + f" | {rise[0]:+.1%} ± {rise[1]:.1%} |")
-        summary[m] = {k: {"mean": mu, "half_width": h} for k, (mu, h) in cells.items()}
-    verdicts = []
-    ref = {r["seed"]: r for r in by["finetune"]}
-    for m in methods:
-        if m == "finetune":
-            continue
-        words = []
-        for k, label, sign in METRICS:
-            diffs = [r[k] - ref[r["seed"]][k] for r in by[m] if r[k] is not None and ref[r["seed"]][k] is not None]
-            mean, half = interval(diffs)
-            words.append(f"{label} {direction(diffs, sign)} ({mean:+.3f} ± {half:.3f})")
-            summary[m][f"vs_finetune_{k}"] = {"mean": mean, "half_width": half, "direction": direction(diffs, sign)}
-        verdicts.append(f"- **{m}** vs finetune, paired by seed: {'; '.join(words)}. {FOMO.get(m, '')}.")
-    zero_shot = by["finetune"][0]["zero_shot"]["a_zs"]
+    for row in cmp.rows:
+        steps = ", ".join(f"{t} {n}" for t, n in row.steps.items())
+        lines.append(f"| {row.method} | {steps} | {row.memory_multiplier:.2f} | "
+                     + " | ".join(f"{mu:.3f} ± {h:.3f}" for mu, h in row.cells.values())
+                     + f" | {row.ppl_rise[0]:+.1%} ± {row.ppl_rise[1]:.1%} |")
+    verdicts = [f"- **{m}**{v[len(m):]}" for m, v in cmp.verdicts.items()]
+    finetune = [r for r in runs if r["method"] == "finetune"]
+    zero_shot = finetune[0]["zero_shot"]["a_zs"]
     body = (f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `{command}` "
             f"({seconds / 60:.0f} minutes, FLUXFORGE_THREADS=1 under `nice`; the tokens and pretrained model of "
             f"`dvc repro tokenize pretrain` on the default params in a scratch clone).\n\n"
-            f"Setting: the default world's stream ({', '.join(by['finetune'][0]['steps'])}), token budgets x{args.budget_scale:g}, "
+            f"Setting: the default world's stream ({', '.join(finetune[0]['steps'])}), token budgets x{args.budget_scale:g}, "
             f"`stream.budget.kind: maf` (full finetuning's memory-adjusted FLOPs per task, measured on this model: "
             f"continual/budget.py), replay ratio {args.replay} fixed, the evaluation-only merge off, seeds "
             f"{', '.join(map(str, args.seeds))} (`stream.train.seed`). Accuracy on the held-out multiple-choice questions; "
@@ -130,7 +84,7 @@ def section(runs: list[dict], args: argparse.Namespace, methods: list[str], seco
             f"(Chaudhry et al.) over the first task; mean ± half-width of the 95% t-interval over seeds.\n\n"
             + "\n".join(lines) + "\n\nDirections (a difference is called only when the paired 95% interval excludes 0):\n\n"
             + "\n".join(verdicts) + "\n")
-    return body, summary
+    return body, cmp.summary
 
 
 def main() -> None:
@@ -154,7 +108,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     command = "python benchmarks/update_methods.py " + shlex.join(sys.argv[1:])
     body, summary = section(runs, args, args.methods, seconds, command.strip())
-    out = ROOT / "benchmarks" / "results" / "update_methods.json"
+    out = ROOT / RESULTS
     out.write_text(json.dumps({"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
                                "runs": runs, "summary": summary}, indent=1))
     replace_section(ROOT / "BENCHMARKS.md", "Update methods at equal MAF (FoMo-in-Flux)", body)

@@ -229,3 +229,19 @@ def confusion_figure(counts: Sequence[Sequence[int]], rows: Sequence[str], colum
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="images")
     return fig
+
+
+def tradeoff_figure(points: Mapping[str, tuple[tuple[float, float], tuple[float, float]]], zero_shot: float | None) -> Figure:
+    """FoMo-in-Flux's accumulation/retention plane: A_KA against A_ZS per method, each with its 95% interval bars.
+
+    ``points``: {method: ((A_KA mean, half-width), (A_ZS mean, half-width))}; ``zero_shot``: the starting model's
+    A_ZS (a dashed line: what retention would be with no update at all)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for method, ((ka, ka_h), (zs, zs_h)) in points.items():
+        ax.errorbar(ka, zs, xerr=ka_h, yerr=zs_h, fmt="o", capsize=3, label=method)
+    if zero_shot is not None:
+        ax.axhline(zero_shot, ls="--", color="#888", lw=1, label="zero-shot A_ZS")
+    ax.set_xlabel("A_KA: knowledge accumulated (higher is better)")
+    ax.set_ylabel("A_ZS: base-data retention (higher is better)")
+    ax.legend(fontsize=7)
+    return fig

@@ -9,6 +9,7 @@ from fluxforge.config import Params
 from fluxforge.eval.report.evaluation import accuracy, distill, tests
 from fluxforge.eval.report.funnel import funnel, quality
 from fluxforge.eval.report.images import images
+from fluxforge.eval.report.methods import update_methods
 from fluxforge.eval.report.registry import registry
 from fluxforge.eval.report.render import read_json, render
 from fluxforge.eval.report.stream import stream
@@ -29,6 +30,7 @@ def build_report(params: Params, out: Path) -> Path:
         "study": study(P.METRICS / "study.json", P.PLOTS / "study" / "curves.csv"),
         "accuracy": accuracy(ev), "tests": tests(ev), "distill": distill(ev),
         "stream": stream(P.METRICS / "stream.json", P.PLOTS / "stream" / "gap.csv"),
+        "update_methods": update_methods(),
         "registry": registry(read_json(P.METRICS / "register.json")),
         "images": images(P.METRICS / "mm_eval.json", P.METRICS / "mm_register.json", P.REPORTS / "mm",
                          P.METRICS / "mm_stream.json"),
