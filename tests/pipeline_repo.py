@@ -75,27 +75,49 @@ def copy_repo(src: Path, dest: Path) -> Path:
     return dest
 
 
-def seed_run_cache(src: Path, dest: Path, run: frozenset[str] = frozenset()) -> list[str]:
+def seed_run_cache(src: Path, dest: Path, run: frozenset[str] = frozenset(), objects: bool = True) -> list[str]:
     """Give ``dest`` the DVC cache of the reproduced repo ``src`` (its objects and its run-cache) except the runs of
     the stage modules in ``run`` (``{"world", "pretrain"}``): `dvc repro` in ``dest`` then restores every other stage
     whose command, dependencies and params match a run of ``src`` instead of running it, and runs those in ``run``
     (and whatever their changed outputs reach) for real. Returns the commands whose runs were left out.
 
+    ``objects=False`` also leaves out the cache objects that only the outputs of those runs use (a model's weights),
+    so ``dest`` can only get them by running the stage or from a remote.
+
     A whole-DAG test that needs the DAG's *outputs* but not every stage's work (the flow, a profile experiment)
     costs seconds instead of minutes this way; what the stages compute is the session's tiny repo's to show."""
+    import json
+
     import yaml
 
-    cache = dest / ".dvc" / "cache"
-    shutil.copytree(src / ".dvc" / "cache" / "files", cache / "files", dirs_exist_ok=True)
-    left = []
-    for entry in sorted((src / ".dvc" / "cache" / "runs").glob("*/*/*")):
-        cmd = yaml.safe_load(entry.read_text())["cmd"]
-        if re.search(r"-m stages\.(\w+)", cmd).group(1) in run:
-            left.append(cmd)
+    src_cache, cache = src / ".dvc" / "cache", dest / ".dvc" / "cache"
+
+    def used(entry: dict) -> set[str]:  # the cache objects (paths under files/md5) a run's outputs use
+        names = set()
+        for out in entry.get("outs", []):
+            md5 = out.get("md5", "")
+            names.add(f"{md5[:2]}/{md5[2:]}")
+            if md5.endswith(".dir"):
+                names |= {f"{f['md5'][:2]}/{f['md5'][2:]}" for f in json.loads((src_cache / "files" / "md5" / md5[:2] / md5[2:]).read_text())}
+        return names
+
+    left, kept_objects, left_objects = [], set(), set()
+    for path in sorted((src_cache / "runs").glob("*/*/*")):
+        entry = yaml.safe_load(path.read_text())
+        if re.search(r"-m stages\.(\w+)", entry["cmd"]).group(1) in run:
+            left.append(entry["cmd"])
+            left_objects |= used(entry)
             continue
-        target = cache / entry.relative_to(src / ".dvc" / "cache")
+        kept_objects |= used(entry)
+        target = cache / path.relative_to(src_cache)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(entry, target)
+        shutil.copy(path, target)
+    skip = set() if objects else left_objects - kept_objects
+    for path in (src_cache / "files" / "md5").glob("*/*"):
+        if f"{path.parent.name}/{path.name}" not in skip:
+            target = cache / "files" / "md5" / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
     return left
 
 

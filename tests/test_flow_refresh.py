@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -151,32 +152,60 @@ def test_deployments_read_back_with_pool_schedule_and_job_variables(prefect_api,
     assert gpu_pool.type == "process" and "env" in gpu_pool.base_job_template["variables"]["properties"]
 
 
-def test_a_gpu_stage_runs_through_the_gpu_pool_on_a_worker(prefect_api, tmp_path):
-    """The GPU deployment is picked up by a real process worker polling the GPU pool, which runs the stage."""
+GPU_MODULES = frozenset({"pretrain", "continual", "distill"})  # dvc.yaml's `meta: {gpu: true}` stages
+
+
+def _object(cache: Path, md5: str) -> Path:
+    return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def test_a_refresh_hands_its_gpu_stages_to_a_worker_in_another_checkout(prefect_api, s3_server, tiny_repo, tmp_path,
+                                                                        monkeypatch):
+    """Issue 19: a second checkout acts as the GPU machine (its own clone, its own `prefect worker` on the GPU pool),
+    sharing only the Prefect API and the S3 DVC remote. The refresh's GPU stages run there, their outputs come back
+    through the remote, and the refresh's dvc.lock is a single-machine `dvc repro`'s."""
     import signal
     import sys
-    import time
 
-    from prefect.deployments import run_deployment
+    from flows.refresh import refresh
     from prefect.settings import PREFECT_API_URL
 
+    from fluxforge.orchestrate import dag, storage
     from fluxforge.orchestrate.deploy import DeploySpec, deploy
-    from pipeline_repo import BIN
+    from pipeline_repo import BIN, run, seed_run_cache
 
-    repo = make_repo(tmp_path / "gpu")
-    deploy(DeploySpec(root=repo, gpu_job_variables={"env": {"FLUXFORGE_POOL_MARK": "gpu-worker"}}))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", *storage.ENDPOINT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env.items():  # both machines' DVC reads its credentials from the environment
+        monkeypatch.setenv(name, value)
+    cpu = make_repo(tmp_path / "cpu")
+    remote = f"s3://{s3_server.bucket}/gpu-handoff"
+    storage.configure_remote(cpu, remote, s3_server.endpoint_url)
+    run(["git", "commit", "-qam", "DVC remote"], cpu)
+    gpu = tmp_path / "gpu"
+    run(["git", "clone", "-q", str(cpu), str(gpu)], tmp_path)  # the GPU machine's checkout: no DVC cache, no outputs
+    # the CPU machine may restore its own stages from the plain repro's run-cache; the GPU stages' runs, and the
+    # objects only their outputs use (the weights), it does not have: those can only come back from the GPU machine
+    plain_repo, plain_hashes = tiny_repo
+    seed_run_cache(plain_repo, cpu, run=GPU_MODULES, objects=False)
+    plain_lock = yaml.safe_load((plain_repo / "dvc.lock").read_text())
+    weights = {}
+    for stage in ("pretrain", "distill"):
+        out = next(o for o in plain_lock["stages"][stage]["outs"] if o["md5"].endswith(".dir"))
+        listing = json.loads(_object(plain_repo / ".dvc" / "cache", out["md5"]).read_text())
+        weights[stage] = next(f["md5"] for f in listing if f["relpath"].endswith(".safetensors"))
+        assert not _object(cpu / ".dvc" / "cache", weights[stage]).exists()
+
+    deploy(DeploySpec(root=cpu, gpu_root=gpu, gpu_job_variables={"env": {"FLUXFORGE_POOL_MARK": "gpu-worker"}}))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
     log = tmp_path / "worker.log"
     with open(log, "w") as fh:
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "fluxforge-gpu",
-                                   "--type", "process"], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                   "--type", "process"], cwd=gpu, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
-        t0 = time.monotonic()
-        run = run_deployment("fluxforge-gpu-stage/gpu", parameters={"root": str(repo), "stage": "world"},
-                             timeout=300, poll_interval=1, as_subflow=False)
-        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log.read_text()[-3000:]}"
-        assert time.monotonic() - t0 < 300
+        result = refresh(str(cpu), gpu_deployment="fluxforge-gpu-stage/gpu")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -184,9 +213,34 @@ def test_a_gpu_stage_runs_through_the_gpu_pool_on_a_worker(prefect_api, tmp_path
         except subprocess.TimeoutExpired:  # a loaded machine can take longer to shut a worker down; not the subject here
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=30)
-    assert run.work_pool_name == "fluxforge-gpu"
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert "world" in lock["stages"] and (repo / "data" / "world").is_dir()
+
+    gpu_stages = {s.name for s in dag.read(cpu) if s.gpu}
+    assert gpu_stages == {"pretrain", "continual@slice2022", "continual@cyber", "distill"}
+    assert set(result["gpu"]) == gpu_stages, log.read_text()[-3000:]
+    for stage, handed in result["gpu"].items():  # ran there, in that checkout, with the time each side spent
+        assert handed["status"] == "ran on fluxforge-gpu-stage/gpu" and handed["status_there"] == "ran", (stage, handed)
+        assert handed["checkout"] == str(gpu.resolve()), (stage, handed)
+        assert set(handed["seconds_here"]) == {"push", "flow_run", "pull"} and handed["seconds_there"]["stage"] > 0
+    # each checkout's stages logged to its own MLflow store (params: sqlite:///mlflow.db): the training runs are the
+    # GPU machine's, the CPU machine has none of them
+    import mlflow
+
+    def stages_logged(repo: Path) -> set[str]:
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+        return {r.data.tags.get("fluxforge.stage") for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+
+    assert gpu_stages <= stages_logged(gpu)
+    assert not gpu_stages & stages_logged(cpu) and "register" in stages_logged(cpu)
+    # the weights came back through the remote: in the bucket, then in the CPU machine's cache and workspace
+    s3 = s3_server.client()
+    for stage, md5 in weights.items():
+        s3.head_object(Bucket=s3_server.bucket, Key=f"gpu-handoff/files/md5/{md5[:2]}/{md5[2:]}")
+        assert _object(cpu / ".dvc" / "cache", md5).exists(), stage
+    # and the refresh's dvc.lock is a single-machine `dvc repro`'s, so the stages downstream restored from its run-cache
+    assert cached_out_hashes(yaml.safe_load((cpu / "dvc.lock").read_text())) == plain_hashes
+    local = {s: how for s, how in result["stages"].items() if s not in gpu_stages}
+    assert {s for s, how in local.items() if how == "ran"} == {"register", "mm_register", "report"}, local
+    assert result["model"]["promoted"] is True and result["commit"]
 
 
 def test_a_stage_name_from_outside_that_starts_with_a_dash_never_reaches_dvc(prefect_api, tmp_path):

@@ -335,3 +335,16 @@ def _complete(line: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_a_pipeline_never_reproduced_pulls_only_with_allow_missing(s3_server, aws_env, tmp_path):
+    """A refresh's first pull (no dvc.lock yet, an empty remote) must leave the outputs to the stages: plain `dvc pull`
+    fails there with "Checkout failed for following targets" (what broke the first GPU hand-off refresh)."""
+    from pipeline_repo import make_repo
+
+    repo = make_repo(tmp_path / "new")
+    storage.configure_remote(repo, f"s3://{s3_server.bucket}/never-reproduced", s3_server.endpoint_url)
+    with pytest.raises(StorageError, match="Checkout failed"):
+        storage.pull(repo, retries=0)
+    pulled = storage.pull(repo, retries=0, allow_missing=True)
+    assert pulled.attempts == 1 and pulled.files == 0 and not (repo / "data" / "world").exists()

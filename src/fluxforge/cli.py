@@ -309,7 +309,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
     spec = DeploySpec(root=Path(args.root), cron=args.cron, timezone=args.timezone, cpu_pool=args.cpu_pool,
                       gpu_pool=args.gpu_pool, gpu_pool_type=args.gpu_pool_type,
-                      gpu_job_variables=json.loads(args.gpu_job_variables) if args.gpu_job_variables else {})
+                      gpu_job_variables=json.loads(args.gpu_job_variables) if args.gpu_job_variables else {},
+                      gpu_root=Path(args.gpu_root) if args.gpu_root else None)
     try:
         ids = deploy(spec)
     except FluxForgeError as err:
@@ -721,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--gpu-pool", default="fluxforge-gpu")
     dp.add_argument("--gpu-pool-type", choices=("process", "kubernetes"), default="process")
     dp.add_argument("--gpu-job-variables", help='JSON, e.g. \'{"env": {"CUDA_VISIBLE_DEVICES": "0"}}\'')
+    dp.add_argument("--gpu-root", help="the GPU machine's checkout of the same commit, as its worker sees it "
+                    "(default: --root); the two machines share only the Prefect API and the DVC remote")
     dp.set_defaults(fn=_deploy)
     mg = sub.add_parser("merge", help="merge models: interpolate | slerp | ema | task_arithmetic | ties | dare_ties | magmax "
                         "| instruction_residual",

@@ -34,6 +34,7 @@ class DeploySpec:
     gpu_pool_type: str = "process"  # or "kubernetes" (needs prefect-kubernetes on the worker)
     gpu_job_variables: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)  # extra refresh parameters, e.g. {"overrides": [...]}
+    gpu_root: Path | None = None  # the GPU machine's checkout of the same commit (default: root, one machine)
 
 
 def _template(root: Path, pool_type: str, gpu: bool) -> dict | None:
@@ -71,10 +72,11 @@ def deploy(spec: DeploySpec) -> dict[str, str]:
     ensure_pool(spec.cpu_pool, "process", _template(root, "process", gpu=False))
     ensure_pool(spec.gpu_pool, spec.gpu_pool_type, _template(root, spec.gpu_pool_type, gpu=True))
     ids = {}
-    gpu = gpu_stage.from_source(source=str(root), entrypoint="flows/refresh.py:gpu_stage")
+    gpu_root = (spec.gpu_root or spec.root).resolve()
+    gpu = gpu_stage.from_source(source=str(gpu_root), entrypoint="flows/refresh.py:gpu_stage")
     ids["fluxforge-gpu-stage/gpu"] = str(gpu.deploy(
         name="gpu", work_pool_name=spec.gpu_pool, job_variables=spec.gpu_job_variables,
-        parameters={"root": str(root)}, tags=["fluxforge", "gpu"], print_next_steps=False, ignore_warnings=True))
+        parameters={"root": str(gpu_root)}, tags=["fluxforge", "gpu"], print_next_steps=False, ignore_warnings=True))
     nightly = refresh.from_source(source=str(root), entrypoint="flows/refresh.py:refresh")
     ids["fluxforge-refresh/nightly"] = str(nightly.deploy(
         name="nightly", work_pool_name=spec.cpu_pool, schedules=[Cron(spec.cron, timezone=spec.timezone)],

@@ -120,14 +120,16 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
 
 
 @task(cache_policy=NONE, task_run_name="dvc:{direction}")
-def sync(root: str, direction: str, targets: list[str] | None = None, inputs_of: str | None = None) -> str:
+def sync(root: str, direction: str, targets: list[str] | None = None, inputs_of: str | None = None,
+         allow_missing: bool = False) -> str:
     """``dvc pull`` / ``dvc push`` against the repository's default remote (with retries inside): everything,
-    ``targets`` (stages) only, or (pull) what stage ``inputs_of`` reads."""
+    ``targets`` (stages) only, or (pull) what stage ``inputs_of`` reads; ``allow_missing`` (pull): what the remote
+    does not hold is left for the stages to make."""
     from fluxforge.orchestrate import storage
 
     with repo_lock(root):
         if direction == "pull":
-            summary = storage.pull(root, targets=targets or (), inputs_of=inputs_of)
+            summary = storage.pull(root, targets=targets or (), inputs_of=inputs_of, allow_missing=allow_missing)
         else:
             summary = storage.push(root, targets=targets or ())
     get_run_logger().info("dvc %s: %s", direction, summary)
@@ -295,8 +297,8 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
     logger = get_run_logger()
     rootp = Path(root).resolve()
     remote = storage.remote_url(rootp)
-    if remote:
-        sync(str(rootp), "pull")
+    if remote:  # what earlier refreshes made; a first refresh (or a remote that lacks some outputs) makes the rest
+        sync(str(rootp), "pull", allow_missing=True)
     changed = apply_params(rootp, profile, overrides or [])
     if changed:
         logger.info("params: %s", "; ".join(changed))

@@ -140,14 +140,16 @@ def push(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: i
 
 
 def pull(root: Path | str = ".", retries: int = 3, backoff: float = 2.0, jobs: int | None = None,
-         targets: Sequence[str] = (), inputs_of: str | None = None) -> Transfer:
+         targets: Sequence[str] = (), inputs_of: str | None = None, allow_missing: bool = False) -> Transfer:
     """``dvc pull``: fetch the objects ``dvc.lock`` names from the default remote and check them out, with retries as ``push``.
 
     ``targets``: only these stages' outputs. ``inputs_of``: what that stage reads, i.e. the outputs of every stage
     upstream of it (``--with-deps``), its own outputs left out where the remote does not hold them yet
-    (``--allow-missing``): what a machine needs before running one stage.
+    (``--allow-missing``): what a machine needs before running one stage. ``allow_missing``: outputs that
+    ``dvc.lock`` does not name yet (a pipeline never reproduced) or that the remote does not hold are left for the
+    stages to make, instead of failing the pull (DVC's "Checkout failed for following targets").
     """
-    extra = ["--with-deps", "--allow-missing", inputs_of] if inputs_of else list(targets)
+    extra = ["--with-deps", "--allow-missing", inputs_of] if inputs_of else [*(["--allow-missing"] if allow_missing else []), *targets]
     return _transfer("pull", root, retries, backoff, jobs, extra)
 
 
