@@ -1,12 +1,18 @@
-"""Threads that fit the machine: the CPU budget from the affinity mask and the cgroup quota (v1 and v2)."""
+"""Threads that fit the machine: the CPU budget from the affinity mask and the cgroup quota (v1 and v2), and the
+OpenMP spin count set before torch loads."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fluxforge.runtime import CpuBudget, cgroup_quota, choose_threads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _files(root: Path, files: dict[str, str]) -> None:
@@ -54,3 +60,34 @@ def test_threads_never_exceed_what_the_process_may_use(affinity, quota, threads)
 
 def test_an_explicit_thread_count_wins():
     assert choose_threads(CpuBudget(2, None), override=1) == 1
+
+
+# What the OpenMP runtime saw when torch first loaded in a stage process (a finder that notes the variable and
+# finds nothing, so the import goes on as usual).
+_WATCH = r'''
+import os, sys
+seen = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+
+sys.meta_path.insert(0, Watch())
+import stages.pretrain
+assert "torch" in sys.modules, "the stage no longer loads torch: this test proves nothing"
+print(seen)
+'''
+
+
+@pytest.mark.parametrize(("env", "seen"), [
+    ({}, "['1000']"),                               # FluxForge's default (BENCHMARKS.md "Contended CPU")
+    ({"GOMP_SPINCOUNT": "5"}, "['5']"),             # the user's spin count wins
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "[None]"),     # a chosen wait policy: libgomp derives its own spin count
+])
+def test_a_stage_process_sets_the_openmp_spin_count_before_torch_loads(env, seen):
+    clean = {k: v for k, v in os.environ.items() if k not in {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"}}
+    done = subprocess.run([sys.executable, "-c", _WATCH], cwd=ROOT, env={**clean, **env, "PYTHONPATH": str(ROOT / "src")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == seen

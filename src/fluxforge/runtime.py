@@ -34,6 +34,25 @@ QUIET_ENV = {
 }
 
 
+# libgomp (torch's OpenMP on Linux x86) lets an idle pool thread spin 300,000 times before it sleeps. When another
+# process holds one of the cores, the thread sharing that core spins away the time slices its peers wait for, and
+# a step took 3.2x its quiet time (BENCHMARKS.md "Contended CPU"). 1000 spins cost 3 % when the machine is quiet
+# and keep the contended step at 2.1x; a passive policy costs 23 % quiet. libgomp reads this when torch loads.
+OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
+
+
+def openmp_defaults() -> None:
+    """Set :data:`OPENMP_DEFAULTS` unless the caller chose a wait policy or spin count of their own.
+
+    Called when ``fluxforge`` is imported, before anything imports torch: the OpenMP runtime reads its settings
+    once, when torch loads it, so a later call changes nothing for this process (its children still inherit it).
+    """
+    if "OMP_WAIT_POLICY" in os.environ:  # ACTIVE or PASSIVE chosen on purpose: libgomp derives its spin count
+        return
+    for key, value in OPENMP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def quiet_env() -> None:
     """Offline, telemetry-free defaults for every tool a stage touches (the caller's settings win)."""
     for k, v in QUIET_ENV.items():
