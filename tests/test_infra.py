@@ -270,6 +270,9 @@ def test_launch_script_builds_the_launcher_commands() -> None:
                                  "29500", "--num_gpus", "4", "--module", "stages.continual", "cyber"]
     hosts = _launch("pretrain", DRY_RUN="1", HOSTFILE=str(INFRA / "deepspeed" / "hostfile.example")).stdout
     assert f"--hostfile {INFRA / 'deepspeed' / 'hostfile.example'} --module stages.pretrain" in hosts
+    no_ssh = _launch("pretrain", DRY_RUN="1", HOSTFILE="/h", NODE_RANK="1", MASTER_ADDR="node1").stdout
+    assert "--master_addr node1 --hostfile /h --no_ssh --node_rank 1 --module stages.pretrain" in no_ssh
+    assert _launch("pretrain", DRY_RUN="1", HOSTFILE="/h", NODE_RANK="1").returncode != 0  # no MASTER_ADDR to meet at
     tr = _launch("distill", DRY_RUN="1", LAUNCHER="torchrun", NNODES="2", NODE_RANK="1", MASTER_ADDR="node1").stdout
     assert "torchrun --nproc_per_node gpu --nnodes 2 --node_rank 1 --master_addr node1 --master_port 29500 -m stages.distill" in tr
     assert _launch("evaluate", DRY_RUN="1").returncode == 2  # not a training stage

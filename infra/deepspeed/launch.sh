@@ -9,11 +9,12 @@
 #   infra/deepspeed/launch.sh pretrain                                    # every GPU of this node, ZeRO-2
 #   ZERO=3 NUM_GPUS=4 infra/deepspeed/launch.sh continual@cyber
 #   HOSTFILE=~/hostfile infra/deepspeed/launch.sh distill                 # several nodes, from the first one (ssh + pdsh)
+#   HOSTFILE=~/hostfile NODE_RANK=0 MASTER_ADDR=node1 infra/deepspeed/launch.sh pretrain  # on each node, no ssh
 #   LAUNCHER=torchrun NNODES=2 NODE_RANK=0 MASTER_ADDR=node1 infra/deepspeed/launch.sh pretrain   # on each node
 #   DRY_RUN=1 infra/deepspeed/launch.sh pretrain                          # print the command only
 #
 # Environment: ZERO (1|2|3, default 2), NUM_GPUS (default: all), LAUNCHER (deepspeed|torchrun), HOSTFILE,
-# MASTER_ADDR, MASTER_PORT (29500), NNODES/NODE_RANK (torchrun), FLUXFORGE_DVC_COMMIT (1: dvc commit after).
+# MASTER_ADDR, MASTER_PORT (29500), NNODES/NODE_RANK (torchrun; NODE_RANK with HOSTFILE: deepspeed --no_ssh), FLUXFORGE_DVC_COMMIT (1: dvc commit after).
 # Every rank's train() reads the ZeRO config from FLUXFORGE_DEEPSPEED_CONFIG (src/fluxforge/train/engine.py) and
 # trains its share of each batch; params.yaml keeps the global batch size, clipping, AdamW and LR schedule.
 # DS_ACCELERATOR defaults to cuda here; on a CPU-only machine set DS_ACCELERATOR=cpu (and NUM_GPUS = processes).
@@ -45,7 +46,13 @@ case $launcher in
     cmd=(deepspeed --no_local_rank --master_port "$port")
     [[ -n ${NUM_GPUS:-} ]] && cmd+=(--num_gpus "$NUM_GPUS")
     [[ -n ${MASTER_ADDR:-} ]] && cmd+=(--master_addr "$MASTER_ADDR")
-    if [[ -n ${HOSTFILE:-} ]]; then
+    if [[ -n ${HOSTFILE:-} && -n ${NODE_RANK:-} ]]; then
+      # No ssh: this node starts its own ranks (run the same line on every host of the hostfile, NODE_RANK 0..N-1);
+      # they meet at MASTER_ADDR (node 0). For clusters without passwordless ssh or pdsh (a scheduler starts one
+      # launcher per node), and the loopback test of two "nodes" (tests/test_deepspeed_multinode.py).
+      : "${MASTER_ADDR:?set MASTER_ADDR (node 0) with HOSTFILE and NODE_RANK}"
+      cmd+=(--hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK")
+    elif [[ -n ${HOSTFILE:-} ]]; then
       # The pdsh launcher forwards only some variables (MLFLOW*, PYTHON*, NCCL*); pass ours through an env file.
       envfile=$(mktemp)
       trap 'rm -f "$envfile"' EXIT
