@@ -134,9 +134,14 @@ GATED_RACER = textwrap.dedent("""
 @pytest.mark.slow
 def test_promoters_on_many_hosts_race_one_server_and_agree(tracking_uri, tmp_path):
     """4 processes, each with its own home and folder (no lock file in common), 25 register-gate-promote rounds each,
-    against one MLflow server process. The lock lives in the registry, so every gate saw the champion its
-    promotion replaced: the history is one chain, every winner and only winners are in it, accuracy only rises."""
-    racers, rounds = 4, 25
+    against one MLflow server process (SQLite behind it; tests/test_postgres_tracking.py races one on PostgreSQL).
+    The lock lives in the registry, so every gate saw the champion its promotion replaced: the history is one chain,
+    every winner and only winners are in it, accuracy only rises."""
+    race_and_check(tracking_uri, tmp_path, racers=4, rounds=25)
+
+
+def race_and_check(tracking_uri: str, tmp_path, racers: int, rounds: int) -> None:  # noqa: ANN001
+    """``racers`` processes x ``rounds`` register-gate-promote rounds against ``tracking_uri``; assert one chain."""
     name = f"race-{uuid.uuid4().hex[:8]}"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     client.create_registered_model(name)
@@ -159,7 +164,7 @@ def test_promoters_on_many_hosts_race_one_server_and_agree(tracking_uri, tmp_pat
     winners = {v for v, t in versions.items() if t["gate"] == "passed"}
     promoted = [e["version"] for e in h]
     assert len(promoted) == len(set(promoted)) and set(promoted) == winners, "each winner, and only winners, promoted once"
-    assert len(winners) > 5
+    assert len(winners) > min(5, rounds // 2)
     assert all(e["action"] == "promote" for e in h)
     assert str(client.get_model_version_by_alias(name, "champion").version) == h[-1]["version"]
     mean = {v: float(t["eval.general_acc"]) for v, t in versions.items()}
