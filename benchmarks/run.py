@@ -1,7 +1,7 @@
 """Run the benchmarks (`make bench`: all of them). Each writes its own section of BENCHMARKS.md.
 
 Usage: python benchmarks/run.py [NAME ...] [OPTIONS]   (names: dag_timing, flow_overhead, gpu_handoff, scoring_throughput, distill_variants,
-minhash_vs_datasketch, filters_vs_datatrove, image_branch, mm_stream; default: all; distill_variants needs the outputs of
+minhash_vs_datasketch, filters_vs_datatrove, image_branch, mm_stream, ray_curation; default: all; distill_variants needs the outputs of
 `make run`; image_branch and mm_stream build their own world in a temporary folder)
 Options after the names go to each benchmark run, e.g. `run.py scoring_throughput --threads 1`.
 """
@@ -22,6 +22,7 @@ SCRIPTS = (
     "filters_vs_datatrove",
     "image_branch",
     "mm_stream",
+    "ray_curation",
 )
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
