@@ -51,6 +51,11 @@ def test_each_training_stage_logged_its_run_and_the_clip_model_is_registered_thr
     assert [c["stage"] for c in chain[:2]] == ["mm_stream", "clip_pretrain"]
     assert float(champ.tags["eval.zero_shot"]) == _metrics(repo, "mm_eval")["stream"]["zero_shot.heldout"]["accuracy"]
     assert _metrics(repo, "mm_register")["version"] == str(champ.version)
+    # the compute along the chain counts the stream's training and the CLIP's it started from
+    stream = json.loads((repo / "metrics" / "train" / "mm_stream.json").read_text())
+    clip = json.loads((repo / "metrics" / "train" / "clip.json").read_text())
+    assert stream["train_seconds"] > 0 and stream["method"] == _metrics(repo, "mm_stream")["deploy"]
+    assert float(champ.tags["fluxforge.train_seconds"]) == pytest.approx(stream["train_seconds"] + clip["train_seconds"], abs=0.06)
 
 
 def test_the_report_shows_probes_reconstructions_and_the_confusion_matrix(repo):
@@ -67,6 +72,9 @@ def test_the_report_shows_probes_reconstructions_and_the_confusion_matrix(repo):
     out = _run(["fluxforge", "summary"], repo).stdout
     assert re.search(r"images +: digits probe raw_pixels \d\.\d{3}.*CLIP zero-shot", out) and "fluxforge-clip v" in out
     assert re.search(r"image stream : 3 tasks, A_KA/A_ZS finetune \d\.\d{3}/\d\.\d{3}; no_replay .*deployed finetune", out)
+    # the cyber gain and each study against the multi-seed reference (a repo copy has no benchmarks/evidence.json)
+    assert re.search(r"gain [+-]\d\.\d{3} no reference interval \(.*evidence\.json is missing", out), out
+    assert re.search(r"meco no reference interval", out), out
 
 
 def test_the_stream_trains_every_method_on_fomo_tasks_and_saves_the_deployed_clip(repo):

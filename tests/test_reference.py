@@ -25,3 +25,14 @@ def test_a_missing_or_malformed_reference_is_said_not_a_crash(tmp_path):
     missing.write_text(json.dumps({"effects": {}}))
     assert "KeyError" in against_reference("stream_rise_planned", 0.1, missing)
     assert reference_note(None, missing) == ""
+
+
+def test_an_effect_from_another_benchmark_names_its_own_profile(tmp_path):
+    """benchmarks/evidence_chain.py adds the chain's effects beside the stream's; each says where it was measured."""
+    ref = tmp_path / "evidence.json"
+    ref.write_text(json.dumps({"profile": "tiny", "effects": {
+        "stream_rise_planned": {"n": 3, "ci95": [-0.4, -0.2]},
+        "cyber_gain": {"n": 3, "ci95": [0.15, 0.25], "profile": "none"}}}))
+    assert against_reference("cyber_gain", 0.20, ref) == "inside the reference interval [+0.150, +0.250] (3 seeds, profile none)"
+    assert against_reference("cyber_gain", 0.05, ref).startswith("OUTSIDE")
+    assert against_reference("stream_rise_planned", -0.3, ref).endswith("(3 seeds, profile tiny)")

@@ -125,10 +125,13 @@ def _summary(args: argparse.Namespace) -> int:
     t = e["tests"]["cyber"]
     print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
           f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
+    print(f"                 gain {t['gain']:+.3f} {against_reference('cyber_gain', t['gain'], root / REFERENCE)}")
     study, stream = dag.metrics_file("study", root=root), dag.metrics_file("stream", root=root)
     if study.exists() and "vs_baseline" in (st := json.loads(study.read_text())):
         parts = [f"{k} {v['heldout_loss_change']:+.3f}" for k, v in st["vs_baseline"].items()]
         print(f"  studies      : held-out loss vs plain pretraining: {', '.join(parts)} (lower is better)")
+        for k, v in st["vs_baseline"].items():
+            print(f"                 {k} {against_reference(f'study_{k}', v['heldout_loss_change'], root / REFERENCE)}")
     if stream.exists() and "general_ppl_rise" in (sm := json.loads(stream.read_text())):
         rise = sm["general_ppl_rise"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in sm["replay"]["ratios"].items())
@@ -140,7 +143,7 @@ def _summary(args: argparse.Namespace) -> int:
             print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
     _registry_line(reg)
     _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root),
-                   dag.metrics_file("mm_stream", root=root))
+                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root))
     return 0
 
 

@@ -388,7 +388,8 @@ def stream_claims(runs: dict[str, dict]) -> dict[str, dict]:
 def run_clip_stream(mm: MMConfig, base: CLIPModel, tok: PreTrainedTokenizerBase, tracker: Tracker | None = None,
                     curated: Path = P.MM_CURATED) -> dict:
     """Every run of ``mm.stream.methods``; writes ``models/mm_stream`` (the ``deploy`` run's final CLIP and the
-    tokenizer), ``metrics/mm_stream.json`` and ``plots/mm_stream/``; returns the metrics."""
+    tokenizer), ``metrics/mm_stream.json``, ``metrics/train/mm_stream.json`` and ``plots/mm_stream/``; returns the
+    metrics."""
     cfg = mm.stream
     data = load_stream_data(mm, tok, curated)
     held_out = held_out_concepts(curated)
@@ -417,6 +418,12 @@ def run_clip_stream(mm: MMConfig, base: CLIPModel, tok: PreTrainedTokenizerBase,
             "a_zs": deployed["metrics"]["a_zs"]}
     save_image_model(finals[cfg.deploy], P.model_dir("mm_stream"), info, tok)
     write_json(P.METRICS / "mm_stream.json", metrics)
+    # what a training stage reports for its model (fluxforge.paths.train_metrics): the registry sums train_seconds
+    # along the lineage, so fluxforge-clip's compute includes the stream's (the deployed run's) and the CLIP's
+    write_json(P.train_metrics_file("mm_stream"), {
+        "method": cfg.deploy, "steps": info["steps"], "tokens": info["tokens"], "parameters": info["parameters"],
+        "train_seconds": deployed["train_seconds"], "all_runs_seconds": sum(r["train_seconds"] for r in runs.values()),
+        "mlflow_run_id": getattr(tracker, "run_id", "")})
     write_plots(metrics, curves, P.PLOTS / "mm_stream")
     return metrics
 

@@ -1,6 +1,7 @@
 """Reference intervals over seeds (benchmarks/evidence.json): is a run's headline number inside seed noise?
 
-benchmarks/evidence.py writes mean, spread and a 95 % interval per headline effect over >= 3 seeds. A run's
+benchmarks/evidence.py (the stream) and benchmarks/evidence_chain.py (cyber gain, student, studies) write mean,
+spread and a 95 % interval per headline effect over >= 3 seeds. A run's
 number inside the interval is consistent with seed noise; outside it is a change worth a look (a regression, or
 another scale or CPU than the reference's). A missing or unreadable file is said, never a crash.
 """
@@ -24,4 +25,5 @@ def against_reference(effect: str, value: float, path: Path = REFERENCE) -> str:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         return f"no reference interval for {effect} in {path} ({type(err).__name__}: {err})"
     where = "inside" if lo <= value <= hi else "OUTSIDE"
-    return f"{where} the reference interval [{lo:+.3f}, {hi:+.3f}] ({e.get('n', '?')} seeds, profile {record.get('profile', '?')})"
+    profile = e.get("profile", record.get("profile", "?"))  # an effect measured by another benchmark names its own
+    return f"{where} the reference interval [{lo:+.3f}, {hi:+.3f}] ({e.get('n', '?')} seeds, profile {profile})"

@@ -74,8 +74,8 @@ def get(name: str, root: Path | str = ".") -> Stage:
 
 
 def metrics_file(stage: str, filename: str | None = None, root: Path | str = ".") -> Path:
-    """The metrics file a stage writes (``filename`` picks one when it writes several)."""
-    files = [m for m in get(stage, root).metrics if filename is None or Path(m).name == filename]
+    """The metrics file a stage writes (``filename``, a name or a path as dvc.yaml writes it, picks one of several)."""
+    files = [m for m in get(stage, root).metrics if filename is None or filename in (m, Path(m).name)]
     if len(files) != 1:
         raise DagError(f"stage '{stage}' in dvc.yaml has metrics {list(get(stage, root).metrics)}; "
                        f"cannot pick one{f' named {filename}' if filename else ''}")
