@@ -155,25 +155,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TINY_REPO] = TinyRepoBuild(config)
 
 
-def _module_order(items: list[pytest.Item]) -> dict[str, int]:
-    """0: a module with slow tests that do not need the tiny repo (they run while it builds); 1: slow ones on the tiny
-    repo (built by then); 2: the rest, small units that fill the gaps at the end. xdist's own order (most tests
-    first) put single long tests last, where one worker ran them while the other had nothing left."""
-    order: dict[str, int] = {}
-    for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        rank = (1 if "tiny_repo" in getattr(item, "fixturenames", ()) else 0) if slow else 2
-        module = item.nodeid.split("::", 1)[0]
-        order[module] = min(order.get(module, 2), rank)
-    return order
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules in :func:`_module_order` (stable within a rank); `make test` runs xdist with --no-loadscope-reorder."""
-    order = _module_order(items)
-    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any("tiny_repo" in getattr(item, "fixturenames", ()) for item in session.items):
         session.config.stash[TINY_REPO].start()
