@@ -330,6 +330,26 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     return {**raw, **ours}
 
 
+# DeepSpeed's stage-1/2 bucket sizes when the JSON leaves them out (deepspeed/runtime/zero/config.py).
+BUCKET_DEFAULTS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000}
+
+
+def fit_buckets(config: dict, n_params: int) -> dict:
+    """The config with ZeRO-1/2's gradient buckets no larger than the model.
+
+    DeepSpeed allocates its reduce buckets at the configured size, 5e8 elements (2 GB of fp32) by default, on
+    every backward pass; a model smaller than one bucket gains nothing from the excess, and on CPU each such
+    allocation cost 0.1 s, so a tiny model's ZeRO-1/2 step took 0.4 s instead of 0.02 s. A bucket that already
+    holds every gradient reduces them the same way whatever its size, so the result is bitwise unchanged.
+    """
+    zero = dict(config.get("zero_optimization", {}))
+    if zero.get("stage") not in (1, 2):
+        return config
+    for key, default in BUCKET_DEFAULTS.items():
+        zero[key] = min(int(zero.get(key, default)), max(n_params, 1))
+    return {**config, "zero_optimization": zero}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -429,8 +449,9 @@ class DeepSpeedEngine:
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         opt = optimizer(model, cfg) if optimizer else adamw(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, continuing=continuing, anneal=anneal))
+        n_params = sum(p.numel() for p in model.parameters())
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                                             config=self.config)
+                                                             config=fit_buckets(self.config, n_params))
         self.engine.checkpoint_engine = tensors_only_checkpoint_engine(self.engine)
         self.model = self.engine
         self.device = self.engine.device if isinstance(self.engine.device, torch.device) else torch.device(self.engine.device)
