@@ -1,4 +1,4 @@
-"""What handing the GPU stages to another machine costs a refresh, per stage.
+"""What handing the GPU stages to another machine costs a refresh, per hand-off and per stage.
 
 Usage (from the repo root, inside .venv):  python benchmarks/gpu_handoff.py [--profile tiny]
 
@@ -6,10 +6,10 @@ The set-up of tests/test_flow_refresh.py::test_a_refresh_hands_its_gpu_stages_to
 one machine: a repository of the pipeline (``--profile`` merged over params.yaml) with an S3 DVC remote on a local
 S3 server process (moto), a second clone of it as the "GPU machine" with its own `prefect worker` polling the GPU
 pool, and a Prefect server process (Prefect's test harness). `fluxforge refresh --gpu-deployment` then runs the
-whole DAG; every stage runs for real (no run-cache is shared). Per GPU stage the refresh reports where the time
-went: here (push its inputs, wait for the GPU flow run, pull the outputs) and there (pull, the stage itself, push).
-The hand-off's cost is what is not the stage's own work: the flow-run wait minus the stage, plus both sides'
-transfers. Writes the "GPU hand-off" section of BENCHMARKS.md.
+whole DAG; every stage runs for real (no run-cache is shared). GPU stages that follow one another in DAG order go
+over in one hand-off; per hand-off the refresh reports where the time went: here (push the inputs, wait for the GPU
+flow run, pull the outputs) and there (pull, each stage, push). The hand-off's cost is what is not the stages' own
+work: the flow-run wait minus the stages, plus the transfers here. Writes the "GPU hand-off" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -75,23 +75,28 @@ def main() -> None:
                 worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
-    rows, overheads = [], []
-    for stage, h in result["gpu"].items():
+    rows, overheads, handed = [], [], 0
+    batches = {tuple(h["batch"]): h for h in result["gpu"].values()}
+    for batch, h in batches.items():
         here, there = h["seconds_here"], h["seconds_there"]
-        overhead = here["flow_run"] - there["stage"] + here["push"] + here["pull"]
+        own = {s: result["gpu"][s]["seconds_there"]["stage"] for s in batch}
+        overhead = here["flow_run"] - sum(own.values()) + here["push"] + here["pull"]
         overheads.append(overhead)
-        rows.append(f"| `{stage}` | {here['push']:.1f} | {here['flow_run']:.1f} | {here['pull']:.1f} | {there['pull']:.1f} | "
-                    f"{there['stage']:.1f} | {there['push']:.1f} | {overhead:.1f} |")
+        handed += len(batch)
+        rows.append(f"| {', '.join(f'`{s}`' for s in batch)} | {here['push']:.1f} | {here['flow_run']:.1f} | "
+                    f"{here['pull']:.1f} | {there['pull']:.1f} | {' + '.join(f'{v:.1f}' for v in own.values())} | "
+                    f"{there['push']:.1f} | {overhead:.1f} |")
     command = "python benchmarks/gpu_handoff.py " + " ".join(sys.argv[1:])
     body = (f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `{command.strip()}` (profile "
             f"{args.profile}; both checkouts, the S3 server and the Prefect server on this machine, so transfers are "
             f"loopback: a real GPU machine adds the network).\n\n"
-            f"The whole refresh took {total:.0f} s, {len(rows)} stages handed over. Seconds per GPU stage; "
-            "the hand-off's cost = the flow-run wait minus the stage's own time, plus the push and pull here:\n\n"
-            "| stage | here: push | here: wait for the GPU flow run | here: pull | there: pull | there: stage | "
+            f"The whole refresh took {total:.0f} s, {handed} stages handed over in {len(rows)} hand-off(s). Seconds per "
+            "hand-off; its cost = the flow-run wait minus the stages' own time, plus the push and pull here:\n\n"
+            "| stages | here: push | here: wait for the GPU flow run | here: pull | there: pull | there: each stage | "
             "there: push | hand-off cost |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
-            + f"\n\nMean hand-off cost {sum(overheads) / len(overheads):.1f} s per stage: a flow run's start on the "
-            "worker (a fresh Python process that imports Prefect and the flow) and the DVC transfers.\n")
+            + f"\n\nHand-off cost {sum(overheads):.1f} s in all, {sum(overheads) / handed:.1f} s per GPU stage: a flow "
+            "run's start on the worker (a fresh Python process that imports Prefect and the flow) and the DVC "
+            "transfers, paid once for consecutive GPU stages.\n")
     replace_section(ROOT / "BENCHMARKS.md", "GPU hand-off", body)
     print(body)
 

@@ -217,6 +217,10 @@ def test_a_refresh_hands_its_gpu_stages_to_a_worker_in_another_checkout(prefect_
     gpu_stages = {s.name for s in dag.read(cpu) if s.gpu}
     assert gpu_stages == {"pretrain", "continual@slice2022", "continual@cyber", "distill"}
     assert set(result["gpu"]) == gpu_stages, log.read_text()[-3000:]
+    # consecutive in DAG order, so handed over together: one flow run, one pull and one push on each side
+    order = [s for s in result["stages"] if s in gpu_stages]
+    assert all(h["batch"] == order and h["seconds_here"] == result["gpu"][order[0]]["seconds_here"]
+               for h in result["gpu"].values()), result["gpu"]
     for stage, handed in result["gpu"].items():  # ran there, in that checkout, with the time each side spent
         assert handed["status"] == "ran on fluxforge-gpu-stage/gpu" and handed["status_there"] == "ran", (stage, handed)
         assert handed["checkout"] == str(gpu.resolve()), (stage, handed)
@@ -251,5 +255,5 @@ def test_a_stage_name_from_outside_that_starts_with_a_dash_never_reaches_dvc(pre
     repo = make_repo(tmp_path / "dash")
     for name in ("--help", "--dry"):
         with pytest.raises(DagError, match=rf"no stage '{name}' in .*dvc.yaml \(stages: world, ingest"):
-            gpu_stage(str(repo), name)
+            gpu_stage(str(repo), ["world", name])  # checked before any of them runs
     assert not (repo / "dvc.lock").exists() and not (repo / ".dvc" / "tmp" / "repro.dat").exists()

@@ -144,20 +144,26 @@ def _git_head(root: str) -> str:
 
 
 @flow(name="fluxforge-gpu-stage", log_prints=True)
-def gpu_stage(root: str, stage: str, lock: str | None = None, params: str | None = None, commit: str | None = None) -> str:
-    """One GPU stage on a GPU machine, in its own checkout ``root``, sharing only the DVC remote and the Prefect API.
+def gpu_stage(root: str, stages: list[str], lock: str | None = None, params: str | None = None,
+              commit: str | None = None) -> dict[str, str]:
+    """GPU stages on a GPU machine, in its own checkout ``root``, sharing only the DVC remote and the Prefect API.
 
     A refresh hands over the state it reached: its git ``commit`` (this checkout must be at it: the code is
-    not shipped), its ``params`` (params.yaml) and ``lock`` (dvc.lock). The stage's inputs are pulled from
-    the remote, the stage runs here, its outputs are pushed, and the resulting dvc.lock goes back to the
-    refresh as an artifact of this flow run, so the refresh records exactly what ran here.
+    not shipped), its ``params`` (params.yaml) and ``lock`` (dvc.lock), and the GPU stages that come next in
+    its DAG order (pretrain, the continual tasks, distill: one hand-off, not one each, since every hand-off pays
+    a flow-run start and two transfers). Their inputs are pulled from the remote, the stages run here in order,
+    their outputs are pushed, and the resulting dvc.lock goes back to the refresh as an artifact of this flow run,
+    so the refresh records exactly what ran here. Returns each stage's status.
     """
     from prefect.artifacts import create_markdown_artifact
 
     from fluxforge.orchestrate import storage
 
     logger = get_run_logger()
-    dag.get(stage, root)  # a name from outside: it must be a stage of dvc.yaml, never an option for `dvc`
+    if isinstance(stages, str) or not stages:
+        raise StageFailed(f"stages must be a non-empty list of stage names, not {stages!r}", transient=False)
+    for stage in stages:
+        dag.get(stage, root)  # a name from outside: it must be a stage of dvc.yaml, never an option for `dvc`
     if commit is not None and _git_head(root) != commit:
         raise StageFailed(f"GPU checkout {root} is at commit {_git_head(root)[:12] or '(none)'}, the refresh at "
                           f"{commit[:12]}: update this checkout (git pull) so both run the same code", transient=False)
@@ -166,21 +172,25 @@ def gpu_stage(root: str, stage: str, lock: str | None = None, params: str | None
             if text is not None:
                 (Path(root) / name).write_text(text)
     checkout = str(Path(root).resolve())
-    logger.info("GPU stage %s in checkout %s", stage, checkout)
+    logger.info("GPU stages %s in checkout %s", ", ".join(stages), checkout)
     remote = storage.remote_url(root)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if remote:
-        sync(root, "pull", inputs_of=stage)
-    seconds["pull"], t0 = time.perf_counter() - t0, time.perf_counter()
-    status = repro_stage(root, stage)
-    seconds["stage"], t0 = time.perf_counter() - t0, time.perf_counter()
-    if status == "ran" and remote:
-        sync(root, "push", targets=[stage])
+    if remote:  # what the last stage reads, upstream stages' outputs included: the whole batch's inputs
+        sync(root, "pull", inputs_of=stages[-1])
+    seconds["pull"] = time.perf_counter() - t0
+    status: dict[str, str] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        status[stage] = repro_stage(root, stage)
+        seconds[f"stage:{stage}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if remote and (ran := [s for s in stages if status[s] == "ran"]):
+        sync(root, "push", targets=ran)
     seconds["push"] = time.perf_counter() - t0
     if lock is not None:
         create_markdown_artifact(markdown=f"{LOCK_FENCE}\n{(Path(root) / 'dvc.lock').read_text()}```\n",
-                                 description=json.dumps({"stage": stage, "checkout": checkout, "status": status,
+                                 description=json.dumps({"stages": stages, "checkout": checkout, "status": status,
                                                          "seconds": {k: round(v, 2) for k, v in seconds.items()}}))
     return status
 
@@ -198,11 +208,13 @@ def _returned(flow_run_id: object) -> tuple[str, dict]:
     return locks[0].data.removeprefix(LOCK_FENCE + "\n").removesuffix("```\n"), json.loads(locks[0].description or "{}")
 
 
-def _run_on_gpu(root: str, stage: str, deployment: str) -> dict:
-    """Hand ``stage`` to the GPU deployment: its inputs go up to the remote, the GPU machine's dvc.lock and outputs come back.
+def _run_on_gpu(root: str, stages: list[str], deployment: str) -> dict[str, dict]:
+    """Hand ``stages`` (consecutive GPU stages) to the GPU deployment in one flow run: their inputs go up to the
+    remote, the GPU machine's dvc.lock and outputs come back.
 
-    Returns where it ran and the seconds spent: here (push, wait for the worker's flow run, pull) and there
-    (the GPU machine's pull, stage and push), so the cost of the hand-off itself can be read off.
+    Returns, per stage, where it ran and the seconds spent: here (push, wait for the worker's flow run, pull: the
+    hand-off's, shared by the ``batch``) and there (the GPU machine's pull and push, shared, and this stage's own
+    time), so the cost of the hand-off itself can be read off.
     """
     from prefect.deployments import run_deployment
 
@@ -210,7 +222,7 @@ def _run_on_gpu(root: str, stage: str, deployment: str) -> dict:
 
     rootp = Path(root)
     if not storage.remote_url(root):
-        raise StageFailed(f"GPU stage '{stage}' needs a DVC remote both machines share: the GPU machine gets its inputs "
+        raise StageFailed(f"GPU stage '{stages[0]}' needs a DVC remote both machines share: the GPU machine gets its inputs "
                           "and returns its outputs through it (fluxforge.orchestrate.storage.configure_remote)", transient=False)
     t0 = time.perf_counter()
     sync(root, "push")  # everything the stage reads, in the remote before the GPU machine asks for it
@@ -219,19 +231,23 @@ def _run_on_gpu(root: str, stage: str, deployment: str) -> dict:
     # no root: the deployment's own (the GPU machine's checkout) applies; Prefect's default poll of 5 s added 2.5 s
     # on average to every hand-off, one state read a second is nothing to the API
     fr = run_deployment(name=deployment, as_subflow=True, timeout=None, poll_interval=1, parameters={
-        "stage": stage, "lock": lock, "params": (rootp / "params.yaml").read_text(), "commit": _git_head(root)})
+        "stages": stages, "lock": lock, "params": (rootp / "params.yaml").read_text(), "commit": _git_head(root)})
     if not fr.state or not fr.state.is_completed():
         name = fr.state.name if fr.state else "unknown"
-        raise StageFailed(f"GPU stage '{stage}' on deployment {deployment} ended {name}: "
+        raise StageFailed(f"GPU stages {', '.join(stages)} on deployment {deployment} ended {name}: "
                           f"{fr.state.message if fr.state else ''}", transient=False)
     waited = time.perf_counter()
     lock, there = _returned(fr.id)
     with repo_lock(root):
         (rootp / "dvc.lock").write_text(lock)
-    sync(root, "pull", targets=[stage])
-    here = {"push": pushed - t0, "flow_run": waited - pushed, "pull": time.perf_counter() - waited}
-    return {"status": f"ran on {deployment}", "checkout": there.get("checkout"), "status_there": there.get("status"),
-            "seconds_here": {k: round(v, 2) for k, v in here.items()}, "seconds_there": there.get("seconds", {})}
+    sync(root, "pull", targets=stages)
+    here = {k: round(v, 2) for k, v in {"push": pushed - t0, "flow_run": waited - pushed,
+                                        "pull": time.perf_counter() - waited}.items()}
+    seconds = there.get("seconds", {})
+    return {stage: {"status": f"ran on {deployment}", "checkout": there.get("checkout"), "batch": stages,
+                    "status_there": there.get("status", {}).get(stage), "seconds_here": here,
+                    "seconds_there": {"pull": seconds.get("pull"), "stage": seconds.get(f"stage:{stage}"),
+                                      "push": seconds.get("push")}} for stage in stages}
 
 
 def _read(path: Path) -> dict:
@@ -311,14 +327,24 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
     todo = stages_to_run(rootp, force={"ingest"} if remote_sources else set())
     stages: dict[str, str] = {}
     handed: dict[str, dict] = {}
+    batch: list[str] = []  # GPU stages due, consecutive in DAG order: one hand-off for all of them
+
+    def hand_off() -> None:
+        if batch:
+            handed.update(_run_on_gpu(str(rootp), list(batch), gpu_deployment))
+            stages.update({s: handed[s]["status"] for s in batch})
+            batch.clear()
+
     for stage in dag.read(rootp):
         if stage.name not in todo:
             stages[stage.name] = "up to date"
         elif gpu_deployment and stage.gpu:
-            handed[stage.name] = _run_on_gpu(str(rootp), stage.name, gpu_deployment)
-            stages[stage.name] = handed[stage.name]["status"]
+            batch.append(stage.name)
+            stages[stage.name] = "handed off"  # its place in the DAG order; the status follows the hand-off
         else:
+            hand_off()  # a stage here may read what the GPU stages before it make
             stages[stage.name] = repro_stage(str(rootp), stage.name, force=stage.name == "ingest" and remote_sources)
+    hand_off()
     after = _read(ingest_metrics).get("watermark")
     reg = _read(register_metrics)
     result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},
