@@ -36,12 +36,38 @@ EFFECTS = {  # effect -> (label, how to read it from metrics/stream.json)
 
 
 def interval(values: list[float]) -> dict:
-    """Mean, sample sd and the two-sided 95 % Student-t interval of the mean."""
+    """Mean, sample sd, the two-sided 95 % Student-t interval of the mean (``ci95``: where the effect's true mean
+    lies) and the 95 % prediction interval of one more run (``pi95``: where a single new run's number falls; wider
+    by sqrt(n + 1)). A run is compared with ``pi95``: measured against the interval of the mean, one run in three
+    seeds' worth of noise would be called "outside" far more often than 5 % of the time."""
     x = np.asarray(values, dtype=float)
-    sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
-    half = float(stats.t.ppf(0.975, len(x) - 1) * sd / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    return {"values": x.tolist(), "n": len(x), "mean": float(x.mean()), "sd": sd,
-            "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
+    n, mean = len(x), float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else 0.0
+    half, spread = float(t * sd / np.sqrt(n)), float(t * sd * np.sqrt(1 + 1 / n))
+    return {"values": x.tolist(), "n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half],
+            "pi95": [mean - spread, mean + spread]}
+
+
+def table(effects: dict, seeds: list[int]) -> str:
+    """The Markdown table BENCHMARKS.md shows: per-seed values, mean, sd, and both intervals."""
+    head = (f"| effect | per seed ({', '.join(map(str, seeds))}) | mean | sd | 95 % interval of the mean (t) | "
+            "one run's 95 % range |\n|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {e['label']} | {', '.join(f'{v:+.3f}' for v in e['values'])} | {e['mean']:+.3f} | {e['sd']:.3f} | "
+        f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] | [{e['pi95'][0]:+.3f}, {e['pi95'][1]:+.3f}] |" for e in effects.values())
+
+
+def write_effects(effects: dict, profile: str, command: str, **extra: object) -> None:
+    """Merge ``effects`` into benchmarks/evidence.json, each naming its profile, command, machine and date; the
+    other benchmarks' effects stay (the stream's, the chain's and the image branch's come from four scripts)."""
+    path = ROOT / "benchmarks" / "evidence.json"
+    record = json.loads(path.read_text()) if path.exists() else {"effects": {}}
+    today = dt.date.today().isoformat()
+    for k, e in effects.items():
+        record["effects"][k] = {**e, "profile": profile, "command": command, "machine": machine(), "date": today}
+    record.update(extra)
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def stream_at_seed(repo: Path, seed: int, overrides: list[list[str]]) -> dict:
@@ -75,16 +101,12 @@ def main() -> None:
     runs = {seed: stream_at_seed(repo, seed, overrides) for seed in args.seeds}
     effects = {k: {"label": label, **interval([get(m) for m in runs.values()])} for k, (label, get) in EFFECTS.items()}
     command = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
-    record = {"date": dt.date.today().isoformat(), "machine": machine(), "command": command, "profile": args.profile,
-              "seeds": args.seeds, "effects": effects,
-              "promises": {str(s): m["replay"]["promise"] for s, m in runs.items()}}
-    (ROOT / "benchmarks" / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
-    rows = "\n".join(f"| {e['label']} | {', '.join(f'{v:+.3f}' for v in e['values'])} | {e['mean']:+.3f} | {e['sd']:.3f} | "
-                     f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] |" for e in effects.values())
-    body = (f"Machine: {machine()}. Date: {record['date']}. Command: `{command}` (profile {args.profile}; per seed, "
+    write_effects(effects, args.profile, command, date=dt.date.today().isoformat(), machine=machine(), command=command,
+                  profile=args.profile, seeds=args.seeds, promises={str(s): m["replay"]["promise"] for s, m in runs.items()})
+    body = (f"Machine: {machine()}. Date: {dt.date.today()}. Command: `{command}` (profile {args.profile}; per seed, "
             f"`stream.seed` and `stream.train.seed` are set and `dvc repro stream` reruns the stream alone).\n\n"
-            f"| effect | per seed ({', '.join(map(str, args.seeds))}) | mean | sd | 95 % interval (t) |\n|---|---|---|---|---|\n"
-            f"{rows}\n\nThe intervals are kept in benchmarks/evidence.json (the reference the report compares a run with).")
+            f"{table(effects, args.seeds)}\n\nThe intervals are kept in benchmarks/evidence.json (the reference the report "
+            "compares a run with: one run against the range one run lands in).")
     replace_section(ROOT / "BENCHMARKS.md", "Evidence over seeds", body)
     print(body)
 

@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
-from evidence import interval  # noqa: E402
+from evidence import interval, table, write_effects  # noqa: E402
 from report_md import machine, replace_section  # noqa: E402
 
 from pipeline_repo import make_repo, run  # noqa: E402
@@ -102,24 +102,19 @@ def main() -> None:
                                     **interval([_study(name)(m) for m in runs.values()])}
     p_values = [m["eval"]["tests"]["cyber"]["p_final_vs_pretrain"] for m in runs.values()]
     command = "python benchmarks/evidence_chain.py " + " ".join(sys.argv[1:])
-    rows = "\n".join(f"| {e['label']} | {', '.join(f'{v:+.3f}' for v in e['values'])} | {e['mean']:+.3f} | {e['sd']:.3f} | "
-                     f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] |" for e in effects.values())
     held = sum(p < SIGNIFICANT for p in p_values)
     body = (f"Machine: {machine()}. Date: {dt.date.today()}. Command: `{command}` (profile {args.profile}; seed s sets "
             f"`model.init_seed`, `pretrain.seed`, `distill.student.init_seed` = s and each continual task's and "
             f"distill's seed + 10 s, so seed 0 is params.yaml; `dvc repro evaluate study` per seed, "
             f"{sum(m['seconds'] for m in runs.values()) / len(runs):.0f} s a seed).\n\n"
-            f"| effect | per seed ({', '.join(map(str, args.seeds))}) | mean | sd | 95 % interval (t) |\n|---|---|---|---|---|\n"
-            f"{rows}\n\nThe cyber gain is significant (one-sided exact McNemar p < {SIGNIFICANT}) in {held} of "
+            f"{table(effects, args.seeds)}\n\nThe cyber gain is significant (one-sided exact McNemar p < {SIGNIFICANT}) in {held} of "
             f"{len(p_values)} seeds (p = {', '.join(f'{p:.1e}' for p in p_values)}). Studies: negative = lower held-out "
-            f"loss than plain pretraining at the same steps (growth: at equal FLOPs).\n")
+            f"loss than plain pretraining at the same steps (growth: at equal FLOPs). `fluxforge summary`, the report and "
+            f"the registry gate (`register.gate.reference`) hold one run to the last column, the range one run lands in "
+            f"(the interval of the mean is for comparing means).\n")
     print(body)
     if args.write:
-        path = ROOT / "benchmarks" / "evidence.json"
-        record = json.loads(path.read_text()) if path.exists() else {"effects": {}}
-        for k, e in effects.items():
-            record["effects"][k] = {**e, "profile": args.profile, "command": command, "date": dt.date.today().isoformat()}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_effects(effects, args.profile, command)
         replace_section(ROOT / "BENCHMARKS.md", SECTION, body)
 
 

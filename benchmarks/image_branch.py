@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from evidence import interval, write_effects  # noqa: E402
 from report_md import machine, replace_section  # noqa: E402
 
 THRESHOLDS = {  # name: (value of a row, minimum)
@@ -33,6 +34,14 @@ THRESHOLDS = {  # name: (value of a row, minimum)
     "cmae probe - mae probe": (lambda r: r["probe.cmae"] - r["probe.mae"], -0.02),
     "CLIP zero-shot / chance": (lambda r: r["zs_x"], 5.0),
     "CLIP image->text R@5 / chance": (lambda r: r["r5_x"], 5.0),
+}
+
+
+EFFECTS = {  # benchmarks/evidence.json: effect -> (label, value of a row); `fluxforge summary` sets a run against them
+    "mm_mae_heldout_drop": ("image: MAE held-out masked-patch loss drop", lambda r: r["drop.mae"]),
+    "mm_mae_probe_gain": ("image: digits probe, MAE encoder minus random init", lambda r: r["probe.mae"] - r["probe.random_init"]),
+    "mm_clip_zero_shot_x": ("image: CLIP held-out zero-shot accuracy over chance (x)", lambda r: r["zs_x"]),
+    "mm_clip_r5_x": ("image: CLIP image->text R@5 over chance (x)", lambda r: r["r5_x"]),
 }
 
 
@@ -101,7 +110,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE over the params")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--evidence", action="store_true",
+                    help="add the effects' intervals over the seeds to benchmarks/evidence.json (params.yaml only)")
     args = ap.parse_args()
+    if args.evidence and (len(args.seeds) < 3 or args.overrides or Path(args.params).resolve() != ROOT / "params.yaml"):
+        ap.error("--evidence is the reference for params.yaml as committed: >= 3 seeds, no -S, no --params")
     from fluxforge import paths as P
     from fluxforge.data.captions import read_vocabulary
     from fluxforge.data.image_curate import curate_images
@@ -138,6 +151,11 @@ def main() -> None:
     print(body)
     if not args.no_write:
         replace_section(ROOT / "BENCHMARKS.md", "Image branch", body)
+    if args.evidence:
+        effects = {k: {"label": label, **interval([get(r) for r in rows])} for k, (label, get) in EFFECTS.items()}
+        write_effects(effects, "none", f"python benchmarks/image_branch.py --seeds {' '.join(map(str, args.seeds))} --evidence")
+        print("\n".join(f"{e['label']}: mean {e['mean']:+.3f}, one run's 95 % range [{e['pi95'][0]:+.3f}, "
+                        f"{e['pi95'][1]:+.3f}]" for e in effects.values()))
 
 
 if __name__ == "__main__":

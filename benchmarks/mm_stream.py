@@ -27,10 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from evidence import interval, write_effects  # noqa: E402
 from report_md import machine, replace_section  # noqa: E402
 
 SEED_KEYS = ("mm.clip.init_seed", "mm.clip.train.seed", "mm.stream.train.seed", "mm.stream.seed")
 SECTION = "Image-text stream (FoMo-in-Flux, mm_stream)"
+EFFECTS = {  # benchmarks/evidence.json: effect -> (label, the stage's `claims` value); `fluxforge summary` compares a run
+    "mm_stream_replay_gap": ("image stream: replay minus no replay, sqrt(A_KA x A_ZS)",
+                             lambda c: c["replay_beats_no_replay"]["gap"]),
+    "mm_stream_a_ka_rise": ("image stream: A_KA rise over the zero-shot row (finetune with replay)",
+                            lambda c: c["replay_raises_a_ka"]["rise"]),
+}
 
 
 def one_seed(params_path: Path, overrides: list[str], seed: int) -> dict:
@@ -92,8 +99,13 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE over the params")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print only; leave BENCHMARKS.md and benchmarks/results/mm_stream.json alone")
+    ap.add_argument("--evidence", action="store_true",
+                    help="add the stream's effects' intervals over the seeds to benchmarks/evidence.json (params.yaml only)")
     args = ap.parse_args()
+    if args.evidence and (len(args.seeds) < 3 or args.overrides or Path(args.params).resolve() != ROOT / "params.yaml"):
+        ap.error("--evidence is the reference for params.yaml as committed: >= 3 seeds, no -S, no --params")
     from fluxforge import paths as P
     from fluxforge.config import load_params
     from fluxforge.data.captions import read_vocabulary
@@ -126,10 +138,15 @@ def main() -> None:
         *claim_lines(rows),
     ])
     print(body)
-    out = ROOT / "benchmarks" / "results" / "mm_stream.json"
-    out.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     if not args.no_write:
+        out = ROOT / "benchmarks" / "results" / "mm_stream.json"
+        out.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
         replace_section(ROOT / "BENCHMARKS.md", SECTION, body)
+    if args.evidence:
+        effects = {k: {"label": label, **interval([get(r["claims"]) for r in rows])} for k, (label, get) in EFFECTS.items()}
+        write_effects(effects, "none", f"{command} --evidence")
+        print("\n".join(f"{e['label']}: mean {e['mean']:+.3f}, one run's 95 % range [{e['pi95'][0]:+.3f}, "
+                        f"{e['pi95'][1]:+.3f}]" for e in effects.values()))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 
 from fluxforge import paths as P
 from fluxforge.config import Params
+from fluxforge.eval.reference import reference
 from fluxforge.eval.stats import mcnemar_one_sided
 from fluxforge.io import write_json
 from fluxforge.runtime import stage
@@ -20,7 +22,9 @@ log = logging.getLogger("fluxforge.stage.register")
 def main(params: Params) -> None:
     ev = json.loads((P.METRICS / "eval.json").read_text())
     correct = question_results(pd.read_parquet(P.REPORTS / "eval_questions.parquet"), ev["final"])
-    decision = register_and_gate(params, ev, correct, paired_test=mcnemar_one_sided)
+    gate = params.registry.gate
+    ref = reference("cyber_gain", Path(gate.reference)) if gate.reference else None
+    decision = register_and_gate(params, ev, correct, paired_test=mcnemar_one_sided, reference=ref)
     write_json(P.METRICS / "register.json", decision)
     log.info("register: %s version %s is challenger; promoted to champion: %s", decision["model_name"],
              decision["version"], decision["promoted"])

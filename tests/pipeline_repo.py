@@ -42,7 +42,8 @@ def make_repo(root: Path, profile: str | None = "tiny") -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("stages", "src", "flows", "profiles"):
         shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore", "params.yaml"):
+    for name in ("dvc.yaml", ".gitignore", "params.yaml", "benchmarks/evidence.json"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
     if profile is not None:
         merged = read_params(ROOT / "params.yaml", profile=profile)

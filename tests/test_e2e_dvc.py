@@ -159,6 +159,29 @@ def test_a_strategy_switch_is_a_dvc_experiment(repo):
     assert any(r.get("mode") == "fixed" and r.get("ratios") == {"general-2022": 0.25, "cyber": 0.25} for r in found)
 
 
+def test_a_gate_with_a_reference_holds_the_gain_to_it_and_reruns_when_the_reference_changes(repo):
+    """Issue 21: `register.gate.reference` names the multi-seed reference; the register stage reads it (a DVC dependency,
+    so a new reference re-gates) and a cyber gain below one run's range fails the gate, whatever the fixed threshold."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["register"]["gate"]["reference"] is None  # the tiny profile's
+    params["register"]["gate"]["reference"] = "benchmarks/evidence.json"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    evidence = repo / "benchmarks" / "evidence.json"
+    record = json.loads(evidence.read_text())
+    record["effects"]["cyber_gain"].update(pi95=[0.9, 1.0], n=3, profile="none")  # out of reach of the tiny model
+    evidence.write_text(json.dumps(record))
+    assert ran(_run(["dvc", "repro"], repo)) == {"register", "report"}
+    decision = json.loads((repo / "metrics" / "register.json").read_text())
+    assert decision["promoted"] is False
+    assert any(r.startswith("FAIL cyber accuracy gain") and "vs the reference interval [+0.900, +1.000]" in r
+               for r in decision["reasons"]), decision["reasons"]
+    record["effects"]["cyber_gain"].update(pi95=[-1.0, 1.0])
+    evidence.write_text(json.dumps(record))
+    assert ran(_run(["dvc", "repro"], repo)) == {"register", "report"}  # the reference changed: the gate ran again
+    decision = json.loads((repo / "metrics" / "register.json").read_text())
+    assert any(r.startswith("PASS cyber accuracy gain") and "[-1.000, +1.000]" in r for r in decision["reasons"])
+
+
 def test_bad_params_fail_with_key_and_file(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pretrain"]["steps"] = -3

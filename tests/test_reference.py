@@ -8,12 +8,14 @@ from fluxforge.eval.report.stream import reference_note
 
 def test_a_number_is_inside_or_outside_the_reference_interval(tmp_path):
     ref = tmp_path / "evidence.json"
-    ref.write_text(json.dumps({"profile": "tiny", "effects": {"stream_rise_planned": {"n": 3, "ci95": [-0.40, -0.20]}}}))
+    ref.write_text(json.dumps({"profile": "tiny", "effects": {"stream_rise_planned": {"n": 3, "ci95": [-0.35, -0.25], "pi95": [-0.40, -0.20]}}}))
     assert against_reference("stream_rise_planned", -0.30, ref).startswith("inside the reference interval [-0.400, -0.200]")
-    assert "(3 seeds, profile tiny)" in against_reference("stream_rise_planned", -0.30, ref)
+    assert "(one run's 95 % range over 3 seeds, profile tiny)" in against_reference("stream_rise_planned", -0.30, ref)
     assert against_reference("stream_rise_planned", 0.23, ref).startswith("OUTSIDE the reference interval")
+    # one run is held to the range one run lands in (pi95), not to the narrower interval of the mean (ci95)
+    assert against_reference("stream_rise_planned", -0.22, ref).startswith("inside")
     assert reference_note({"with_replay": 0.23}, ref) == (" The rise with replay is OUTSIDE the reference interval "
-                                                         "[-0.400, -0.200] (3 seeds, profile tiny).")
+                                                         "[-0.400, -0.200] (one run's 95 % range over 3 seeds, profile tiny).")
 
 
 def test_a_missing_or_malformed_reference_is_said_not_a_crash(tmp_path):
@@ -31,8 +33,26 @@ def test_an_effect_from_another_benchmark_names_its_own_profile(tmp_path):
     """benchmarks/evidence_chain.py adds the chain's effects beside the stream's; each says where it was measured."""
     ref = tmp_path / "evidence.json"
     ref.write_text(json.dumps({"profile": "tiny", "effects": {
-        "stream_rise_planned": {"n": 3, "ci95": [-0.4, -0.2]},
-        "cyber_gain": {"n": 3, "ci95": [0.15, 0.25], "profile": "none"}}}))
-    assert against_reference("cyber_gain", 0.20, ref) == "inside the reference interval [+0.150, +0.250] (3 seeds, profile none)"
+        "stream_rise_planned": {"n": 3, "ci95": [-0.35, -0.25], "pi95": [-0.4, -0.2]},
+        "cyber_gain": {"n": 3, "ci95": [0.18, 0.22], "pi95": [0.15, 0.25], "profile": "none"}}}))
+    assert against_reference("cyber_gain", 0.20, ref) == ("inside the reference interval [+0.150, +0.250] (one run's 95 % range over 3 seeds, "
+                                                    "profile none)")
     assert against_reference("cyber_gain", 0.05, ref).startswith("OUTSIDE")
-    assert against_reference("stream_rise_planned", -0.3, ref).endswith("(3 seeds, profile tiny)")
+    assert against_reference("stream_rise_planned", -0.3, ref).endswith("(one run's 95 % range over 3 seeds, profile tiny)")
+
+
+def test_the_prediction_interval_is_wider_than_the_interval_of_the_mean_by_sqrt_n_plus_1():
+    import sys
+
+    import numpy as np
+
+    from pipeline_repo import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence import interval
+
+    e = interval([0.10, 0.16, 0.13])
+    lo, hi = e["ci95"]
+    plo, phi = e["pi95"]
+    assert np.isclose((phi - plo) / (hi - lo), np.sqrt(3 + 1)) and np.isclose((plo + phi) / 2, e["mean"])
+    assert 4.30 < (hi - lo) / 2 / (e["sd"] / np.sqrt(3)) < 4.31  # Student t, 2 degrees of freedom, 97.5 %

@@ -84,6 +84,27 @@ def test_a_challenger_passes_by_the_margin_or_by_the_paired_test():
     assert ok and "3 gained, 0 lost, p = 0.12" in reasons[-1]
 
 
+def test_the_cyber_gain_must_reach_the_reference_range_when_the_gate_names_one(tmp_path):
+    """Issue 21: the gate can hold the gain to the multi-seed reference instead of one fixed threshold."""
+    from fluxforge.eval.reference import reference
+
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"profile": "none", "effects": {
+        "cyber_gain": {"n": 3, "ci95": [0.60, 0.66], "pi95": [0.55, 0.71]}}}))
+    cfg = GateConfig(reference=str(evidence))
+    me = _scores()
+    ok, reasons = gate(_ev(), cfg, me, None, mcnemar_one_sided, reference("cyber_gain", evidence))  # gain +0.650
+    assert ok and "PASS cyber accuracy gain +0.650 vs the reference interval [+0.550, +0.710]" in reasons[1]
+    ok, reasons = gate(_ev(final_cyber=0.78), cfg, me, None, mcnemar_one_sided, reference("cyber_gain", evidence))
+    assert not ok and reasons[0].startswith("PASS")  # +0.530 clears the fixed threshold ...
+    assert reasons[1].startswith("FAIL cyber accuracy gain +0.530 vs the reference interval")  # ... not the reference
+    assert "need >= its lower end +0.550" in reasons[1]
+    missing = reference("cyber_gain", tmp_path / "nope.json")
+    ok, reasons = gate(_ev(), cfg, me, None, mcnemar_one_sided, missing)
+    assert not ok and "FAIL cyber accuracy gain +0.650 vs the reference in" in reasons[1] and "nope.json is missing" in reasons[1]
+    assert not any("reference" in r for r in gate(_ev(final_cyber=0.78), CFG, me, None, mcnemar_one_sided)[1])
+
+
 def test_a_champion_that_cannot_be_compared_stops_the_gate():
     me = _scores(correct=_answers(160))
     for tags, why in [({}, "eval.general_acc is missing"),

@@ -143,7 +143,7 @@ def _summary(args: argparse.Namespace) -> int:
             print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
     _registry_line(reg)
     _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root),
-                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root))
+                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root), root / REFERENCE)
     return 0
 
 
@@ -154,9 +154,11 @@ def _registry_line(reg: Path) -> None:
         print(f"  registry     : {r['model_name']} v{r['version']} challenger, {state}")
 
 
-def _image_summary(ev: Path, reg: Path, stream: Path) -> None:
-    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the stream's methods, the
-    fluxforge-clip decision."""
+def _image_summary(ev: Path, reg: Path, stream: Path, reference: Path) -> None:
+    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the stream's methods, each headline
+    against its multi-seed reference, the fluxforge-clip decision."""
+    from fluxforge.eval.reference import against_reference
+
     if not ev.exists():
         return
     m = json.loads(ev.read_text())
@@ -164,8 +166,13 @@ def _image_summary(ev: Path, reg: Path, stream: Path) -> None:
     zs, r5 = m["clip"]["zero_shot.heldout"], m["clip"]["retrieval.heldout"]
     print(f"  images       : digits probe {probes}; CLIP zero-shot {zs['accuracy']:.3f} ({zs['over_chance']:.1f}x chance), "
           f"R@5 {r5['image_to_text.R5']:.3f} (chance {r5['image_to_text.R5_chance']:.3f})")
+    print(f"                 zero-shot {zs['over_chance']:.1f}x {against_reference('mm_clip_zero_shot_x', zs['over_chance'], reference)}")
     if stream.exists():
-        print(_clip_stream_line(json.loads(stream.read_text())))
+        s = json.loads(stream.read_text())
+        print(_clip_stream_line(s))
+        if gap := s.get("claims", {}).get("replay_beats_no_replay"):
+            print(f"                 replay - no replay {gap['gap']:+.3f} "
+                  f"{against_reference('mm_stream_replay_gap', gap['gap'], reference)}")
     _registry_line(reg)
 
 

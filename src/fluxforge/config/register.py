@@ -16,6 +16,9 @@ class GateConfig(Strict):
     must_beat_champion: bool = True  # better than the champion on the same questions: by the margin, or the paired test
     champion_margin: PosFloat = 0.02  # mean accuracy over both domains above the champion's, absolute
     champion_max_p: Fraction = 0.05  # or: one-sided paired McNemar test over every question, challenger vs champion
+    # the multi-seed reference (benchmarks/evidence.json): the cyber gain must also reach the lower end of the range
+    # one run of the reference's profile lands in (its 95 % prediction interval); null: no reference rule
+    reference: str | None = None
 
 
 class RegisterConfig(Strict):

@@ -16,6 +16,7 @@ import base64
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ EVAL_KEYS = ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")
 # (challenger's per-question correctness, champion's) -> {"gained", "lost", "p_value"}: fluxforge.eval.stats
 # .mcnemar_one_sided, handed in by the register stage (track sits beside eval, not above it)
 PairedTest = Callable[[Sequence[bool], Sequence[bool]], Mapping[str, float]]
+# the cyber gain's reference range (fluxforge.eval.reference.Reference: ``lo``, ``hi``, str() describes it), or the
+# sentence saying why there is none; read by the register stage from ``gate.reference``
+CyberReference = Any
 
 
 @dataclass(frozen=True)
@@ -135,13 +139,30 @@ def champion_rule(me: Scores, champion: Champion, cfg: GateConfig, paired_test: 
     return ok, text
 
 
-def gate(ev: Mapping, cfg: GateConfig, me: Scores, champion: Champion, paired_test: PairedTest) -> tuple[bool, list[str]]:
+def reference_rule(gain: float, cfg: GateConfig, ref: CyberReference) -> tuple[bool, str]:
+    """The cyber gain against the multi-seed reference: at least the lower end of one run's 95 % range.
+
+    A fixed ``min_cyber_acc_gain`` is one number chosen once; the reference says what the same code and profile
+    gave over several seeds, so a gain below its range is a regression seed noise does not explain. A gate told to
+    use a reference it cannot read fails: passing would mean a comparison nobody made.
+    """
+    if ref is None or isinstance(ref, str):
+        return False, (f"cyber accuracy gain {gain:+.3f} vs the reference in {cfg.reference}: {ref or 'not read'} "
+                       "(fix the file, or set register.gate.reference: null)")
+    return gain >= ref.lo, (f"cyber accuracy gain {gain:+.3f} vs the reference interval {ref} "
+                            f"(need >= its lower end {ref.lo:+.3f}: below it, seed noise does not explain the gap)")
+
+
+def gate(ev: Mapping, cfg: GateConfig, me: Scores, champion: Champion, paired_test: PairedTest,
+         reference: CyberReference = None) -> tuple[bool, list[str]]:
     """Apply the promotion rules; return (passed, one human-readable line per rule)."""
     final, base = headline(ev, ev["final"]), headline(ev, "pretrain")
     reasons: list[tuple[bool, str]] = []
     gain = final["cyber_acc"] - base["cyber_acc"]
     reasons.append((gain >= cfg.min_cyber_acc_gain,
                     f"cyber accuracy gain {gain:+.3f} over pretrain (need >= {cfg.min_cyber_acc_gain:+.3f})"))
+    if cfg.reference:
+        reasons.append(reference_rule(gain, cfg, reference))
     p = ev["tests"]["cyber"]["p_final_vs_pretrain"]
     reasons.append((p <= cfg.max_significance_p, f"cyber gain one-sided p = {p:.2e} (need <= {cfg.max_significance_p})"))
     rise = final["general_ppl"] / base["general_ppl"] - 1

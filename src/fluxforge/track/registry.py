@@ -25,7 +25,7 @@ from fluxforge.config import GateConfig, Params
 from fluxforge.errors import FluxForgeError
 from fluxforge.io import digest_path
 from fluxforge.secrets import redact
-from fluxforge.track.gate import Champion, PairedTest, Scores, evaluation_tags, gate, headline, scores_from_tags
+from fluxforge.track.gate import Champion, CyberReference, PairedTest, Scores, evaluation_tags, gate, headline, scores_from_tags
 from fluxforge.track.lineage import git_commit, lock_hashes, stage_chain
 from fluxforge.track.promotion import champion_section
 from fluxforge.track.runs import stage_run
@@ -101,7 +101,7 @@ def read_champion(client, name: str) -> Champion:  # noqa: ANN001
 
 
 def gate_and_promote(name: str, version: str, ev: Mapping, cfg: GateConfig, paired_test: PairedTest,
-                     tracking_uri: str | None = None) -> dict:
+                     tracking_uri: str | None = None, reference: CyberReference = None) -> dict:
     """Gate ``version`` (registered with its evaluation tags) against the champion and promote it if it passes.
 
     One critical section: the champion read here is the champion when the alias moves, and the verdict is
@@ -116,7 +116,7 @@ def gate_and_promote(name: str, version: str, ev: Mapping, cfg: GateConfig, pair
         raise RegistryError(f"{name} v{version} cannot be gated: {me.why}")
     with champion_section(name, tracking_uri) as section:
         champion = read_champion(section.client, name)
-        passed, reasons = gate(ev, cfg, me, champion, paired_test)
+        passed, reasons = gate(ev, cfg, me, champion, paired_test, reference)
         section.client.set_model_version_tag(name, version, "gate", "passed" if passed else "failed")
         if passed:
             section.move(version, "promote", "gate passed")
@@ -143,7 +143,8 @@ def register_challenger(name: str, model_dir: Path, tags: Mapping[str, str], pyf
     return version
 
 
-def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], paired_test: PairedTest) -> dict:
+def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], paired_test: PairedTest,
+                      reference: CyberReference = None) -> dict:
     """Register the final model as challenger with its lineage and evaluation, then gate and maybe promote it.
 
     ``correct`` is the final model's per-question correctness (``gate.question_results``), kept on the
@@ -157,7 +158,8 @@ def register_and_gate(params: Params, ev: Mapping, correct: Sequence[bool], pair
     with stage_run("register", params, params.registry.model_dump(), inputs={"model": P.model_dir(final)}) as run:
         tags = {**lineage_tags(params, final), **evaluation_tags(ev, correct)}
         version = register_challenger(name, P.model_dir(final), tags, PYFUNC, ["torch", "transformers", "safetensors"])
-        decision = gate_and_promote(name, version, ev, params.registry.gate, paired_test, mlflow.get_tracking_uri())
+        decision = gate_and_promote(name, version, ev, params.registry.gate, paired_test, mlflow.get_tracking_uri(),
+                                    reference)
         nums = headline(ev, final)
         run.metrics({"promoted": int(decision["promoted"]), **nums})
         mlflow.set_tags({"registered_model": name, "registered_version": version})
