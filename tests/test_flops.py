@@ -111,3 +111,23 @@ def test_mfu_is_never_above_one_with_a_deliberately_low_peak(tmp_path, monkeypat
     assert all(0 < r["mfu"] <= 1.0 for r in hist) and hist[0]["mfu"] == 1.0
     assert hist[-1]["peak_flops"] > 1e6 and "raised to a rate the run achieved" in hist[-1]["peak_source"]
 
+
+
+def test_the_progress_bar_shows_mfu_only_when_there_is_one(monkeypatch, capsys) -> None:
+    """A model the loop cannot count FLOPs for (CLIP, MAE; here: FLUXFORGE_MFU=0, the same path) showed `mfu=0.0%`."""
+    import numpy as np
+
+    from fluxforge.config import TrainConfig
+    from fluxforge.train.loop import train
+    from fluxforge.train.sampler import MixtureSampler
+    from tiny import tiny_model
+
+    monkeypatch.setenv("FLUXFORGE_PROGRESS", "1")
+    for mfu_on in ("1", "0"):
+        monkeypatch.setenv("FLUXFORGE_MFU", mfu_on)
+        sampler = MixtureSampler({"a": np.arange(5, 60, dtype=np.uint16).repeat(20)}, {"a": 1.0}, seq_len=16,
+                                 batch_size=4, seed=0)
+        train(tiny_model(), sampler, TrainConfig(slices=["x"], steps=4, batch_size=4, seq_len=16, lr=1e-3,
+                                                 warmup_steps=1, log_every=2))
+        bar = capsys.readouterr().err
+        assert "tok_s=" in bar and ("mfu=" in bar) == (mfu_on == "1"), bar[-500:]

@@ -209,7 +209,8 @@ def train(
                    "mfu": peak.utilisation(tps * flops_token) if peak else 0.0,
                    "resumed_from": start, **({"peak_flops": peak.flops, "peak_source": peak.source} if peak else {})}
             history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{tps:,.0f}",
+                            **({"mfu": f"{row['mfu']:.1%}"} if peak else {}))  # no FLOP count (CLIP, MAE): no MFU shown
             if on_log is not None and eng.is_main:
                 on_log(row)
             window, t_window = [], now
