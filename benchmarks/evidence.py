@@ -58,15 +58,16 @@ def table(effects: dict, seeds: list[int]) -> str:
         f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] | [{e['pi95'][0]:+.3f}, {e['pi95'][1]:+.3f}] |" for e in effects.values())
 
 
-def write_effects(effects: dict, profile: str, command: str, **extra: object) -> None:
+def write_effects(effects: dict, profile: str, command: str, top: dict | None = None,
+                  path: Path = ROOT / "benchmarks" / "evidence.json") -> None:
     """Merge ``effects`` into benchmarks/evidence.json, each naming its profile, command, machine and date; the
-    other benchmarks' effects stay (the stream's, the chain's and the image branch's come from four scripts)."""
-    path = ROOT / "benchmarks" / "evidence.json"
+    other benchmarks' effects stay (the stream's, the chain's and the image branch's come from four scripts).
+    ``top``: fields of the record itself (the stream benchmark's seeds and planner promises)."""
     record = json.loads(path.read_text()) if path.exists() else {"effects": {}}
     today = dt.date.today().isoformat()
     for k, e in effects.items():
         record["effects"][k] = {**e, "profile": profile, "command": command, "machine": machine(), "date": today}
-    record.update(extra)
+    record.update(top or {})
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -101,8 +102,9 @@ def main() -> None:
     runs = {seed: stream_at_seed(repo, seed, overrides) for seed in args.seeds}
     effects = {k: {"label": label, **interval([get(m) for m in runs.values()])} for k, (label, get) in EFFECTS.items()}
     command = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
-    write_effects(effects, args.profile, command, date=dt.date.today().isoformat(), machine=machine(), command=command,
-                  profile=args.profile, seeds=args.seeds, promises={str(s): m["replay"]["promise"] for s, m in runs.items()})
+    write_effects(effects, args.profile, command, top={
+        "date": dt.date.today().isoformat(), "machine": machine(), "command": command, "profile": args.profile,
+        "seeds": args.seeds, "promises": {str(s): m["replay"]["promise"] for s, m in runs.items()}})
     body = (f"Machine: {machine()}. Date: {dt.date.today()}. Command: `{command}` (profile {args.profile}; per seed, "
             f"`stream.seed` and `stream.train.seed` are set and `dvc repro stream` reruns the stream alone).\n\n"
             f"{table(effects, args.seeds)}\n\nThe intervals are kept in benchmarks/evidence.json (the reference the report "

@@ -56,3 +56,23 @@ def test_the_prediction_interval_is_wider_than_the_interval_of_the_mean_by_sqrt_
     plo, phi = e["pi95"]
     assert np.isclose((phi - plo) / (hi - lo), np.sqrt(3 + 1)) and np.isclose((plo + phi) / 2, e["mean"])
     assert 4.30 < (hi - lo) / 2 / (e["sd"] / np.sqrt(3)) < 4.31  # Student t, 2 degrees of freedom, 97.5 %
+
+
+def test_each_benchmark_merges_its_effects_into_the_reference_file(tmp_path):
+    """Four benchmarks write benchmarks/evidence.json; one must not drop another's effects (the stream benchmark once
+    rewrote the whole file), and each effect names where it was measured."""
+    import sys
+
+    from pipeline_repo import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence import interval, write_effects
+
+    path = tmp_path / "evidence.json"
+    write_effects({"cyber_gain": {"label": "gain", **interval([0.1, 0.2, 0.15])}}, "none", "python chain.py", path=path)
+    write_effects({"stream_rise_planned": {"label": "rise", **interval([-0.3, -0.2, -0.4])}}, "none", "python evidence.py",
+                  top={"seeds": [0, 1, 2], "promises": {"0": {}}}, path=path)
+    record = json.loads(path.read_text())
+    assert set(record["effects"]) == {"cyber_gain", "stream_rise_planned"} and record["seeds"] == [0, 1, 2]
+    assert record["effects"]["cyber_gain"]["command"] == "python chain.py"
+    assert {"profile", "machine", "date", "pi95"} <= set(record["effects"]["stream_rise_planned"])
