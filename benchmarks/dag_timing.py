@@ -1,6 +1,6 @@
 """Time the whole DAG: a cold `dvc repro` in a fresh clone, a no-op rerun, and a one-param change.
 
-Usage (from the repo root, inside .venv):  python benchmarks/dag_timing.py [--profile params.yaml]
+Usage (from the repo root, inside .venv):  python benchmarks/dag_timing.py [--profile params.yaml] [--lock]
 Writes the "DAG timing" section of BENCHMARKS.md with the machine, the date and the command.
 """
 
@@ -42,13 +42,19 @@ def sh(cmd: list[str], cwd: Path) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="params.yaml", help="profile merged over params.yaml (default: the default run)")
+    ap.add_argument("--lock", action="store_true",
+                    help="copy the cold run's dvc.lock into this checkout (the committed record of the default run)")
     args = ap.parse_args()
+    if args.lock and args.profile != "params.yaml":
+        ap.error("--lock records the default run only (no --profile)")
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
         if args.profile != "params.yaml":  # a profile is an overlay over the clone's params.yaml
             (repo / "params.yaml").write_text(dump_params(read_params(ROOT / "params.yaml", profile=args.profile)))
         total, log = sh(["dvc", "repro"], repo)
+        if args.lock:
+            (ROOT / "dvc.lock").write_text((repo / "dvc.lock").read_text())
         stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"stage '([^']+)' done in ([0-9.]+) s", log)}
         noop, log2 = sh(["dvc", "repro"], repo)
         assert "Running stage" not in log2, "second repro was expected to be a no-op"
