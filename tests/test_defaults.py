@@ -45,6 +45,8 @@ DIFFERS: dict[str, str] = {
     "stream.replay.buffer_tokens": "and a buffer of earlier tasks' documents",
     "stream.merge.method": "the default stream evaluates an EMA merge across tasks",
     "register.gate.min_student_acc_fraction": "the default gate also wants a useful student (off unless asked for)",
+    "register.gate.reference": "the default run has a multi-seed reference (benchmarks/evidence.json); another "
+                               "profile or scale has none, so the typed default leaves the rule off",
 }
 
 NO_DEFAULT = object()  # a required key (a source's name) or a stream.train override: nothing to compare with

@@ -81,7 +81,7 @@ def test_entrypoints_resolve_to_the_refresh_flows(deploy_config) -> None:
 
     configs, _, _ = deploy_config
     expected = {"nightly": ("fluxforge-refresh", {"root", "profile", "overrides", "gpu_deployment", "push", "commit"}),
-                "gpu": ("fluxforge-gpu-stage", {"root", "stage", "lock", "params", "commit"})}
+                "gpu": ("fluxforge-gpu-stage", {"root", "stages", "lock", "params", "commit"})}
     names = {}
     for name, (flow_name, params) in expected.items():
         flow = load_flow_from_entrypoint(configs[name]["entrypoint"])  # relative to the repo root, as `prefect deploy`
