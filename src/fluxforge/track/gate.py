@@ -16,7 +16,7 @@ import base64
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,18 @@ EVAL_KEYS = ("general_acc", "cyber_acc", "general_ppl", "cyber_ppl")
 # (challenger's per-question correctness, champion's) -> {"gained", "lost", "p_value"}: fluxforge.eval.stats
 # .mcnemar_one_sided, handed in by the register stage (track sits beside eval, not above it)
 PairedTest = Callable[[Sequence[bool], Sequence[bool]], Mapping[str, float]]
-# the cyber gain's reference range (fluxforge.eval.reference.Reference: ``lo``, ``hi``, str() describes it), or the
-# sentence saying why there is none; read by the register stage from ``gate.reference``
-CyberReference = Any
+
+
+class ReferenceRange(Protocol):
+    """One run's range for an effect (fluxforge.eval.reference.Reference; str() describes it)."""
+
+    lo: float
+    hi: float
+
+
+# the cyber gain's reference range, or the sentence saying why there is none (None: not read); read by the register
+# stage from ``gate.reference`` and handed in, as the paired test is
+CyberReference = ReferenceRange | str | None
 
 
 @dataclass(frozen=True)
