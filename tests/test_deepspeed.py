@@ -32,6 +32,7 @@ from fluxforge.config import TrainConfig
 from fluxforge.train.engine import (
     CONFIG_ENV,
     INFRA_CONFIGS,
+    SHM_OP,
     DeepSpeedEngine,
     EngineError,
     deepspeed_config,
@@ -95,12 +96,14 @@ def fp32_config(stage: int, folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def ds_env():
-    """DS_ACCELERATOR=cpu and the single-rank variables init_distributed sets, restored after this module."""
+def ds_env(tmp_path_factory):
+    """DS_ACCELERATOR=cpu and the single-rank variables init_distributed sets, restored after this module.
+
+    TORCH_EXTENSIONS_DIR is an empty folder, as in a new environment, where DeepSpeed would JIT-compile an op."""
     saved = {k: os.environ.get(k) for k in (*DS_ENV, "TORCH_EXTENSIONS_DIR", "FLUXFORGE_PROGRESS")}
     os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ.pop(CONFIG_ENV, None)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
     os.environ["FLUXFORGE_PROGRESS"] = "0"
     yield
     for k, v in saved.items():
@@ -146,6 +149,14 @@ def test_zero_stage_follows_the_plain_loss_curve(runs, stage):
     # the caller's module is plain again: fp32, full shapes, no ZeRO attributes
     p = runs[stage]["model"].model.embed_tokens.weight
     assert p.dtype == torch.float32 and p.shape == (64, 32) and not hasattr(p, "ds_id")
+
+
+@pytest.mark.slow
+def test_training_never_compiles_deepspeeds_cpu_shared_memory_op(runs):
+    """The ZeRO runs started DeepSpeed's CPU backend in a new TORCH_EXTENSIONS_DIR; its shm op (inference only) would
+    have been JIT-compiled there (23 s on 2 cores) had init_distributed not switched it off."""
+    built = [p.name for p in Path(os.environ["TORCH_EXTENSIONS_DIR"]).rglob("*") if SHM_OP in p.name]
+    assert built == []
 
 
 @pytest.mark.slow

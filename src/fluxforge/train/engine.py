@@ -372,11 +372,30 @@ def init_distributed() -> None:
 
     if dist.is_initialized():
         return
+    skip_shm_op(deepspeed)
     if "RANK" not in os.environ:  # no torchrun/deepspeed launcher: a single rank
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     deepspeed.init_distributed(verbose=False)  # gloo on CPU, nccl on CUDA: the accelerator's own backend
+
+
+SHM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_op(deepspeed) -> None:  # noqa: ANN001 - the deepspeed module, imported by the caller
+    """Keep DeepSpeed from JIT-compiling its CPU shared-memory all-reduce op when it starts a process group.
+
+    DeepSpeed builds that op in every new environment the first time its CPU backend starts (23 s and 41 CPU-s on
+    2 cores; BENCHMARKS.md "Test suite time"), yet only ``inference_all_reduce`` uses it: the tensor-parallel
+    inference layers of ``deepspeed.init_inference``, which training never calls. Without the op that call falls
+    back to the process group's all-reduce. Marking the op incompatible is the switch DeepSpeed itself reads
+    (``deepspeed.comm.torch.build_shm_op``); nothing else changes.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__[SHM_OP] = False
 
 
 _TAG = re.compile(r"step\d+")  # DeepSpeedEngine.save's tag names; state.json may name nothing else
