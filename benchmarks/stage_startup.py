@@ -3,10 +3,10 @@
 Why: a tiny stage does about a second of work, so its start-up is most of what `make run` and the end-to-end
 tests wait for. Two conditions per stage, each in fresh processes, median of ``--repeats``:
 
-- ``cached``: Python reads the installed bytecode (what `make install` leaves: uv --compile-bytecode, pip's
-  default, compileall of our sources);
+- ``cached``: Python reads cached bytecode (what any command run through make leaves: the Makefile unexports
+  PYTHONDONTWRITEBYTECODE, so Python caches each module the first time a run imports it);
 - ``no bytecode``: Python compiles every module from source, as it did on machines that set
-  PYTHONDONTWRITEBYTECODE (CI images, containers) before the install compiled it: simulated with -B and an empty
+  PYTHONDONTWRITEBYTECODE (CI images, containers) before make stopped passing it on: simulated with -B and an empty
   PYTHONPYCACHEPREFIX, so no cached file is read and none is written.
 
 Usage (inside .venv, on an otherwise idle machine):

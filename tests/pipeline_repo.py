@@ -52,6 +52,7 @@ def make_repo(root: Path, profile: str | None = "tiny") -> Path:
     run(["git", "config", "user.email", "ci@example.invalid"], root)
     run(["git", "config", "user.name", "ci"], root)
     run(["dvc", "init", "-q"], root)
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")  # ours over the one `dvc init` writes
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny pipeline"], root)
     return root
