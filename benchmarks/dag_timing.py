@@ -1,6 +1,6 @@
 """Time the whole DAG: a cold `dvc repro` in a fresh clone, a no-op rerun, and a one-param change.
 
-Usage (from the repo root, inside .venv):  python benchmarks/dag_timing.py [--profile params.yaml] [--lock]
+Usage (from the repo root, inside .venv):  python benchmarks/dag_timing.py [--profile params.yaml] [--install] [--lock]
 Writes the "DAG timing" section of BENCHMARKS.md with the machine, the date and the command.
 """
 
@@ -28,20 +28,39 @@ from report_md import machine, replace_section  # noqa: E402
 from fluxforge.config import dump_params, read_params  # noqa: E402
 
 
-def sh(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
+def sh(cmd: list[str], cwd: Path, bin_dir: Path = BIN, starts: list[tuple[str, float]] | None = None) -> tuple[float, str]:
+    """Run ``cmd`` as `make run` would (its venv first on PATH, bytecode cached on import); ``starts`` collects
+    (stage, seconds since the command started) as DVC announces each stage."""
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the Makefile unexports it
+    env["PYTHONUNBUFFERED"] = "1"  # DVC's "Running stage" lines arrive when printed, not when a pipe buffer fills
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if starts is not None and (m := re.match(r"Running stage '([^']+)'", line)):
+            starts.append((m.group(1), time.perf_counter() - t0))
+    proc.wait()
+    took, out = time.perf_counter() - t0, "".join(lines)
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return took, proc.stdout + proc.stderr
+        sys.exit(f"{' '.join(cmd)} failed:\n{out[-6000:]}")
+    return took, out
+
+
+def stage_walls(starts: list[tuple[str, float]], total: float) -> dict[str, float]:
+    """Each stage's wall under `dvc repro`: from DVC announcing it to DVC announcing the next (the last: to the end),
+    so it holds the process start-up, the work and DVC's bookkeeping of its outputs."""
+    ends = [t for _, t in starts[1:]] + [total]
+    return {name: end - start for (name, start), end in zip(starts, ends)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="params.yaml", help="profile merged over params.yaml (default: the default run)")
+    ap.add_argument("--install", action="store_true",
+                    help="time `make install` in the clone and run the DAG on that fresh .venv (what `make run` does)")
     ap.add_argument("--lock", action="store_true",
                     help="copy the cold run's dvc.lock into this checkout (the committed record of the default run)")
     args = ap.parse_args()
@@ -52,33 +71,45 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
         if args.profile != "params.yaml":  # a profile is an overlay over the clone's params.yaml
             (repo / "params.yaml").write_text(dump_params(read_params(ROOT / "params.yaml", profile=args.profile)))
-        total, log = sh(["dvc", "repro"], repo)
+        bin_dir, install = BIN, None
+        if args.install:
+            install, _ = sh(["make", "install"], repo)
+            bin_dir = repo / ".venv" / "bin"
+        starts: list[tuple[str, float]] = []
+        total, log = sh(["dvc", "repro"], repo, bin_dir, starts)
+        walls = stage_walls(starts, total)
         if args.lock:
             (ROOT / "dvc.lock").write_text((repo / "dvc.lock").read_text())
         stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"stage '([^']+)' done in ([0-9.]+) s", log)}
-        noop, log2 = sh(["dvc", "repro"], repo)
+        noop, log2 = sh(["dvc", "repro"], repo, bin_dir)
         assert "Running stage" not in log2, "second repro was expected to be a no-op"
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["distill"]["temperature"] += 1.0
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        change, log3 = sh(["dvc", "repro"], repo)
+        change, log3 = sh(["dvc", "repro"], repo, bin_dir)
         rerun = re.findall(r"Running stage '([^']+)'", log3)
         ev = json.loads((repo / "metrics" / "eval.json").read_text())
-    rows = "\n".join(f"| `{s}` | {t:.1f} |" for s, t in stages.items())
+    rows = "\n".join(f"| `{s}` | {t:.1f} | {walls.get(s, float('nan')):.1f} | {walls.get(s, float('nan')) - t:.1f} |"
+                     for s, t in stages.items())
+    outside = total - sum(stages.values())
     t = ev["tests"]["cyber"]
-    body = f"""Machine: {machine()}. Date: {dt.date.today()}. Command: `.venv/bin/python benchmarks/dag_timing.py --profile {args.profile}`
-(a fresh `git clone` of HEAD, so it times what is committed; the install is not included).
+    flags = " --install" * args.install + " --lock" * args.lock
+    install_row = f"| `make install` (a new .venv; pip's and uv's caches already on the machine) | {install:.1f} |\n" if install else ""
+    body = f"""Machine: {machine()}. Date: {dt.date.today()}. Command: `.venv/bin/python benchmarks/dag_timing.py --profile {args.profile}{flags}`
+(a fresh `git clone` of HEAD, so it times what is committed; {"the DAG runs on the clone's own new .venv, as `make run` does" if install else "the install is not included"}).
 
 | measurement | seconds |
 |---|---|
-| cold `dvc repro`, whole DAG | {total:.1f} |
+{install_row}| cold `dvc repro`, whole DAG | {total:.1f} |
 | second `dvc repro` (every stage up to date) | {noop:.1f} |
 | `dvc repro` after changing `distill.temperature` (reran: {', '.join(rerun)}) | {change:.1f} |
 
-Work inside each stage (from the stage's own log line; the rest of the cold run is process start-up and DVC bookkeeping):
+Each stage in the cold run: its work (from the stage's own log line), its wall under `dvc repro` (from DVC announcing
+it to DVC announcing the next) and the difference, which is the stage process's start-up (imports, MLflow's store,
+DVC's stage hash) and DVC's bookkeeping of its outputs: {outside:.0f} s of the cold run over {len(stages)} stages.
 
-| stage | seconds |
-|---|---|
+| stage | work (s) | wall (s) | start-up and bookkeeping (s) |
+|---|---|---|---|
 {rows}
 
 Learning in that run: cyber multiple-choice accuracy {t['acc_pretrain']:.3f} (pretrained) -> {t['acc_final']:.3f} (after the cyber update)
