@@ -59,7 +59,7 @@ def main() -> None:
     body = (f"Machine: {machine()}. Date: {dt.date.today()}. Command: `.venv/bin/python benchmarks/stage_startup.py "
             f"--repeats {args.repeats}`.\n\nSeconds for a fresh process to import the stage module (everything a stage "
             f"loads before its work starts), median of {args.repeats}. Median over stages: {med_c:.2f} s with the "
-            f"bytecode `make install` compiles, {med_s:.2f} s without it (every module compiled from source on each "
+            f"bytecode Python caches under make, {med_s:.2f} s without it (every module compiled from source on each "
             f"start, which is what a PYTHONDONTWRITEBYTECODE machine did before).\n\n" + "\n".join(lines) + "\n")
     replace_section(ROOT / "BENCHMARKS.md", "Stage start-up", body)
     print(body)
