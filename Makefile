@@ -72,7 +72,7 @@ postgres-server: ## the PostgreSQL server binaries the tests start (Debian's pos
 # One pytest-xdist worker per usable core (nproc honours CPU affinity); a module's tests stay on one worker, so
 # its module-scoped servers start once. TEST_WORKERS=0 runs everything in this process (for debugging).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test: install postgres-server ## install, then run the whole test suite (slow e2e included), on every core
 	$(PYTEST)

@@ -155,32 +155,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TINY_REPO] = TinyRepoBuild(config)
 
 
-# The modules that wait for the tiny repo, longest first (clean-clone CI, AMD EPYC 2 cores, 2026-12-07; BENCHMARKS.md
-# "Test suite time"), so the last ones to finish are short; modules not named follow, most tests first.
-LONGEST_TINY_REPO_MODULES = ("test_flow_refresh", "test_rebuild", "test_e2e_dvc", "test_stream_methods_e2e",
-                             "test_deepspeed_multinode", "test_storage")
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules that need the tiny repo run after every other module, so no worker waits on its build.
-
-    The build starts at collection in its own process and takes about 3.5 minutes beside two workers; the
-    modules that do not need it take about 5 minutes a worker. Given xdist's own order (most tests first), a worker
-    took test_e2e_dvc in its second minute and waited 92 s for the build. The Makefile passes
-    ``--no-loadscope-reorder`` so xdist keeps this order; without xdist it is the order tests run in.
-    """
-    modules: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        modules.setdefault(item.module.__name__ if item.module else item.nodeid, []).append(item)
-
-    def rank(name: str) -> tuple:
-        waits = any("tiny_repo" in getattr(i, "fixturenames", ()) for i in modules[name])
-        heavy = LONGEST_TINY_REPO_MODULES.index(name) if name in LONGEST_TINY_REPO_MODULES else len(LONGEST_TINY_REPO_MODULES)
-        return (waits, heavy if waits else 0, -len(modules[name]))
-
-    items[:] = [item for name in sorted(modules, key=rank) for item in modules[name]]
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any("tiny_repo" in getattr(item, "fixturenames", ()) for item in session.items):
         session.config.stash[TINY_REPO].start()
