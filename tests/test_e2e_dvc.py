@@ -81,7 +81,7 @@ def test_second_repro_is_a_no_op(repo):
     assert ran(again) == set()
     assert "didn't change" in again.stdout
     assert "up to date" in _run(["dvc", "status"], repo).stdout
-    # bytecode next to the sources (`make install` compiles them; Python writes it on import) is not a code change
+    # bytecode next to the sources (Python writes it on import under make) is not a code change
     bytecode = repo / "src" / "fluxforge" / "config" / "__pycache__" / "loader.cpython-311.pyc"
     bytecode.parent.mkdir(exist_ok=True)
     bytecode.write_bytes(os.urandom(64))
