@@ -58,11 +58,23 @@ def table(effects: dict, seeds: list[int]) -> str:
         f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] | [{e['pi95'][0]:+.3f}, {e['pi95'][1]:+.3f}] |" for e in effects.values())
 
 
-def write_effects(effects: dict, profile: str, command: str, top: dict | None = None,
-                  path: Path = ROOT / "benchmarks" / "evidence.json") -> None:
-    """Merge ``effects`` into benchmarks/evidence.json, each naming its profile, command, machine and date; the
-    other benchmarks' effects stay (the stream's, the chain's and the image branch's come from four scripts).
-    ``top``: fields of the record itself (the stream benchmark's seeds and planner promises)."""
+def evidence_file(profile: str) -> Path:
+    """Where a profile's intervals are kept: the file its ``register.gate.reference`` names (params.yaml:
+    benchmarks/evidence.json; profiles/full.yaml: benchmarks/evidence-full.json), which is the file its gate, summary
+    and report read. A profile without one (tiny) writes benchmarks/results/evidence-<profile>.json, so a smoke run
+    never replaces a reference."""
+    from fluxforge.config import read_params
+
+    params = read_params(ROOT / "params.yaml", profile=None if profile == "none" else profile)
+    ref = params.get("register", {}).get("gate", {}).get("reference")
+    return ROOT / ref if ref else ROOT / "benchmarks" / "results" / f"evidence-{profile}.json"
+
+
+def write_effects(effects: dict, profile: str, command: str, top: dict | None = None, path: Path | None = None) -> None:
+    """Merge ``effects`` into the profile's evidence file (:func:`evidence_file`), each naming its profile, command,
+    machine and date; the other benchmarks' effects stay (the stream's, the chain's and the image branch's come from
+    four scripts). ``top``: fields of the record itself (the stream benchmark's seeds and planner promises)."""
+    path = path or evidence_file(profile)
     record = json.loads(path.read_text()) if path.exists() else {"effects": {}}
     today = dt.date.today().isoformat()
     for k, e in effects.items():

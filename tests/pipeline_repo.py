@@ -42,7 +42,7 @@ def make_repo(root: Path, profile: str | None = "tiny") -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("stages", "src", "flows", "profiles"):
         shutil.copytree(ROOT / folder, root / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore", "params.yaml", "benchmarks/evidence.json"):
+    for name in ("dvc.yaml", ".gitignore", "params.yaml", "benchmarks/evidence.json", "benchmarks/evidence-full.json"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
     if profile is not None:

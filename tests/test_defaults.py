@@ -41,6 +41,9 @@ DIFFERS: dict[str, str] = {
     "*.probe_every": "the default run draws capability curves (probes are off unless asked for)",
     "*.probe_questions": "a smaller probe per domain keeps the curves cheap in the default run",
     "distill.student_layers": "the student keeps teacher layers (from scratch is far weaker here: BENCHMARKS.md)",
+    "stream.planner.pilot_steps": "pilots sized to the default stream's shorter tasks (profiles/full.yaml: 40)",
+    "mm.stream.methods": "the default image stream runs the two that carry its headline (replay vs none); "
+                         "profiles/full.yaml adds lora and ema_merge",
     "stream.replay.slices": "the stream replays the base model's pretraining data",
     "stream.replay.buffer_tokens": "and a buffer of earlier tasks' documents",
     "stream.merge.method": "the default stream evaluates an EMA merge across tasks",

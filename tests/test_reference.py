@@ -1,6 +1,7 @@
 """The report knows its noise (issue 21 item 2): a run's number against the multi-seed reference interval."""
 
 import json
+from pathlib import Path
 
 from fluxforge.eval.reference import against_reference
 from fluxforge.eval.report.stream import reference_note
@@ -76,3 +77,26 @@ def test_each_benchmark_merges_its_effects_into_the_reference_file(tmp_path):
     assert set(record["effects"]) == {"cyber_gain", "stream_rise_planned"} and record["seeds"] == [0, 1, 2]
     assert record["effects"]["cyber_gain"]["command"] == "python chain.py"
     assert {"profile", "machine", "date", "pi95"} <= set(record["effects"]["stream_rise_planned"])
+
+
+def test_each_profile_is_set_against_its_own_reference_file():
+    """Issue 18 made the default shorter and kept the old run lengths as profiles/full.yaml: the two have different
+    intervals, so each profile's benchmarks write, and its gate, summary and report read, the file its
+    register.gate.reference names; a profile without one (tiny) never overwrites a reference."""
+    import sys
+
+    from fluxforge.config import read_params
+    from fluxforge.eval.reference import REFERENCE, reference_file
+    from pipeline_repo import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence import evidence_file
+
+    assert evidence_file("none") == ROOT / "benchmarks" / "evidence.json"
+    assert evidence_file("full") == ROOT / "benchmarks" / "evidence-full.json"
+    assert evidence_file("tiny") == ROOT / "benchmarks" / "results" / "evidence-tiny.json"
+    full = read_params(ROOT / "params.yaml", profile="full")["register"]["gate"]["reference"]
+    assert reference_file(full) == Path("benchmarks/evidence-full.json") and reference_file(None) == REFERENCE
+    record = json.loads((ROOT / full).read_text())
+    assert {e["profile"] for e in record["effects"].values()} == {"full"}
+    assert "cyber_gain" in record["effects"] and "stream_rise_planned" in record["effects"]

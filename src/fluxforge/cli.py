@@ -106,10 +106,13 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from fluxforge.eval.reference import REFERENCE, against_reference
+    from fluxforge.config import read_params
+    from fluxforge.eval.reference import against_reference, reference_file
     from fluxforge.orchestrate import dag
 
     root = Path.cwd()
+    gate = read_params(root / "params.yaml").get("register", {}).get("gate", {})
+    ref = root / reference_file(gate.get("reference"))
     ev, reg = dag.metrics_file("evaluate", root=root), dag.metrics_file("register", root=root)
     if not ev.exists():
         print(f"No results in {root} yet: run `make run` (or `dvc repro`) from the repository root.")
@@ -125,25 +128,25 @@ def _summary(args: argparse.Namespace) -> int:
     t = e["tests"]["cyber"]
     print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
           f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
-    print(f"                 gain {t['gain']:+.3f} {against_reference('cyber_gain', t['gain'], root / REFERENCE)}")
+    print(f"                 gain {t['gain']:+.3f} {against_reference('cyber_gain', t['gain'], ref)}")
     study, stream = dag.metrics_file("study", root=root), dag.metrics_file("stream", root=root)
     if study.exists() and "vs_baseline" in (st := json.loads(study.read_text())):
         parts = [f"{k} {v['heldout_loss_change']:+.3f}" for k, v in st["vs_baseline"].items()]
         print(f"  studies      : held-out loss vs plain pretraining: {', '.join(parts)} (lower is better)")
         for k, v in st["vs_baseline"].items():
-            print(f"                 {k} {against_reference(f'study_{k}', v['heldout_loss_change'], root / REFERENCE)}")
+            print(f"                 {k} {against_reference(f'study_{k}', v['heldout_loss_change'], ref)}")
     if stream.exists() and "general_ppl_rise" in (sm := json.loads(stream.read_text())):
         rise = sm["general_ppl_rise"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in sm["replay"]["ratios"].items())
         no = f", without replay {rise['without_replay']:+.1%}" if "without_replay" in rise else ""
         print(f"  stream       : {' -> '.join(sm['tasks'])}; replay {ratios} ({sm['replay']['mode']}); "
               f"base-data ppl {rise['with_replay']:+.1%}{no}")
-        print(f"                 with replay {against_reference('stream_rise_planned', rise['with_replay'], root / REFERENCE)}")
+        print(f"                 with replay {against_reference('stream_rise_planned', rise['with_replay'], ref)}")
         if promise := sm["replay"].get("promise"):
             print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
     _registry_line(reg)
     _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root),
-                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root), root / REFERENCE)
+                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root), ref)
     return 0
 
 

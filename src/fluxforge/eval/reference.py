@@ -17,6 +17,13 @@ from pathlib import Path
 REFERENCE = Path("benchmarks") / "evidence.json"
 
 
+def reference_file(gate_reference: str | None) -> Path:
+    """The intervals a run's numbers are set against: its profile's ``register.gate.reference`` (profiles/full.yaml
+    names benchmarks/evidence-full.json), else the default run's. A profile without a gate rule (tiny) is still
+    described against the default run's range: the summary says which profile that range is from."""
+    return Path(gate_reference) if gate_reference else REFERENCE
+
+
 @dataclass(frozen=True)
 class Reference:
     """One effect's range for a single run: [lo, hi] from ``n`` seeds on ``profile``."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fluxforge import paths as P
 from fluxforge.config import Params
+from fluxforge.eval.reference import reference_file
 from fluxforge.eval.report.evaluation import accuracy, distill, tests
 from fluxforge.eval.report.funnel import funnel, quality
 from fluxforge.eval.report.images import images
@@ -29,7 +30,8 @@ def build_report(params: Params, out: Path) -> Path:
         "capability": capability(P.PLOTS / "capability", tasks),
         "study": study(P.METRICS / "study.json", P.PLOTS / "study" / "curves.csv"),
         "accuracy": accuracy(ev), "tests": tests(ev), "distill": distill(ev),
-        "stream": stream(P.METRICS / "stream.json", P.PLOTS / "stream" / "gap.csv"),
+        "stream": stream(P.METRICS / "stream.json", P.PLOTS / "stream" / "gap.csv",
+                         reference_file(params.registry.gate.reference)),
         "update_methods": update_methods(),
         "registry": registry(read_json(P.METRICS / "register.json")),
         "images": images(P.METRICS / "mm_eval.json", P.METRICS / "mm_register.json", P.REPORTS / "mm",

@@ -182,7 +182,7 @@ def ppl_rise_sentence(rise: dict | None) -> str:
 
 
 def reference_note(rise: dict | None, path: Path = REFERENCE) -> str:
-    """Where the run's rise with replay lies against the multi-seed reference (benchmarks/evidence.json)."""
+    """Where the run's rise with replay lies against the multi-seed reference of the run's profile."""
     if not rise or rise.get("with_replay") is None:
         return ""
     return f" The rise with replay is {against_reference('stream_rise_planned', float(rise['with_replay']), path)}."
@@ -209,7 +209,7 @@ def stability_gap(path: Path, tasks: list[str]) -> dict[str, Any]:
     return {"figure": png(stability_gap_figure(df, names)), "rows": rows}
 
 
-def stream(metrics: Path | None = None, gap: Path | None = None) -> Markup:
+def stream(metrics: Path | None = None, gap: Path | None = None, reference: Path = REFERENCE) -> Markup:
     """The continual stream: score matrices, forgetting metrics, replay choice, perplexity rise, stability gap."""
     metrics = metrics or P.METRICS / "stream.json"
     gap = gap or P.PLOTS / "stream" / "gap.csv"
@@ -224,5 +224,5 @@ def stream(metrics: Path | None = None, gap: Path | None = None) -> Markup:
                   method=method_line(data.get("method")), budget=budget(data, where),
                   merge=str(merge.get("method", "none")), merge_weight=merge.get("weight"), strategy=str(strategy.get("kind", "none")),
                   heatmaps=heatmaps(data, where), metrics=metrics_table(data), replay=replay(data, where),
-                  rise=ppl_rise_sentence(data.get("general_ppl_rise")) + reference_note(data.get("general_ppl_rise")),
+                  rise=ppl_rise_sentence(data.get("general_ppl_rise")) + reference_note(data.get("general_ppl_rise"), reference),
                   gap=stability_gap(gap, tasks))
