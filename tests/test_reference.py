@@ -100,3 +100,33 @@ def test_each_profile_is_set_against_its_own_reference_file():
     record = json.loads((ROOT / full).read_text())
     assert {e["profile"] for e in record["effects"].values()} == {"full"}
     assert "cyber_gain" in record["effects"] and "stream_rise_planned" in record["effects"]
+
+
+def test_the_summary_sets_a_run_against_the_reference_its_params_name(tmp_path, monkeypatch, capsys):
+    """`fluxforge summary` of a run whose params name another reference (profiles/full.yaml) reads that file."""
+    import shutil
+
+    import pytest
+    import yaml
+
+    from fluxforge.cli import main
+    from pipeline_repo import ROOT, run
+
+    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["register"]["gate"]["reference"] = "refs/full.json"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "full.json").write_text(json.dumps({"effects": {"cyber_gain": {
+        "n": 3, "pi95": [0.10, 0.20], "profile": "full"}}}))
+    scores = {"general": {"ppl": 200.0, "acc": 0.6}, "cyber": {"ppl": 300.0, "acc": 0.3}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"models": {"pretrain": scores}, "tests": {"cyber": {
+        "acc_pretrain": 0.2, "acc_final": 0.35, "n": 212, "p_final_vs_pretrain": 1e-4, "gain": 0.15}}}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["summary"])
+    out = capsys.readouterr().out
+    assert ("gain +0.150 inside the reference interval [+0.100, +0.200] (one run's 95 % range over 3 seeds, "
+            "profile full)") in out, out
