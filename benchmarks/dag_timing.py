@@ -1,7 +1,9 @@
 """Time the whole DAG: a cold `dvc repro` in a fresh clone, a no-op rerun, and a one-param change.
 
 Usage (from the repo root, inside .venv):  python benchmarks/dag_timing.py [--profile params.yaml] [--install] [--lock]
-Writes the "DAG timing" section of BENCHMARKS.md with the machine, the date and the command.
+Writes the "DAG timing" section of BENCHMARKS.md with the machine, the date and the command, and what `make run`
+prints when that cold run ends (`fluxforge summary`, the clone's path shown as /path/to/repo) to
+benchmarks/results/summary-<profile>.txt: the README's sample summary is that file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report_md import machine, replace_section  # noqa: E402
 
@@ -56,6 +59,12 @@ def stage_walls(starts: list[tuple[str, float]], total: float) -> dict[str, floa
     return {name: end - start for (name, start), end in zip(starts, ends)}
 
 
+def summary_header(args: argparse.Namespace) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (f"`fluxforge summary` after the cold `dvc repro` of benchmarks/dag_timing.py --profile {args.profile} "
+            f"({commit}, {machine()}, {dt.date.today()})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="params.yaml", help="profile merged over params.yaml (default: the default run)")
@@ -78,6 +87,9 @@ def main() -> None:
         starts: list[tuple[str, float]] = []
         total, log = sh(["dvc", "repro"], repo, bin_dir, starts)
         walls = stage_walls(starts, total)
+        _, summary = sh(["fluxforge", "summary"], repo, bin_dir)  # what `make run` prints when the cold run ends
+        (RESULTS / f"summary-{Path(args.profile).stem}.txt").write_text(
+            f"# {summary_header(args)}\n" + summary.replace(str(repo), "/path/to/repo"))
         if args.lock:
             (ROOT / "dvc.lock").write_text((repo / "dvc.lock").read_text())
         stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"stage '([^']+)' done in ([0-9.]+) s", log)}

@@ -10,9 +10,12 @@ Seed s sets every training seed of the chain: ``model.init_seed`` and ``distill.
 params.yaml as committed. The world and the curated data stay the same (their seeds are the data, not the training).
 
 Usage (from the repo root; the default chain takes about 5 minutes per seed on 2 cores):
-    python benchmarks/evidence_chain.py [--seeds 0 1 2] [--profile none|tiny] [--work DIR] [--write]
+    python benchmarks/evidence_chain.py [--seeds 0 1 2] [--profile none|tiny] [-S KEY=VALUE ...] [--work DIR] [--write]
 With --write: the "Evidence over seeds: the language chain" section of BENCHMARKS.md, and the effects added to
 benchmarks/evidence.json (the reference intervals ``fluxforge summary`` and the report compare a run with).
+``-S`` (as `fluxforge run -S`) asks what a candidate default would show, e.g. a smaller model
+(``-S model.hidden_size=96 -S model.num_layers=3``): it only prints, since a variant's intervals are no profile's
+reference.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from evidence import interval, table, write_effects  # noqa: E402
 from report_md import machine, replace_section  # noqa: E402
 
+from fluxforge.config.loader import set_dotted  # noqa: E402
 from pipeline_repo import make_repo, run  # noqa: E402
 
 SECTION = "Evidence over seeds: the language chain"
@@ -87,13 +91,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="none", help="profile merged over params.yaml ('none': params.yaml as it is)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a param for every seed (repeatable; the value is YAML); not with --write")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fluxforge-evidence-chain"))
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md and benchmarks/evidence.json")
     args = ap.parse_args()
     if len(args.seeds) < 3:
         ap.error("evidence needs >= 3 seeds")
+    if args.set and args.write:
+        ap.error("-S measures a variant; its intervals are no profile's reference, so it does not --write")
     repo = make_repo(args.work / "repo", None if args.profile == "none" else args.profile)
     base = yaml.safe_load((repo / "params.yaml").read_text())
+    for override in args.set:
+        print(set_dotted(base, override), flush=True)
     runs = {seed: chain_at_seed(repo, base, seed) for seed in args.seeds}
     effects = {k: {"label": label, **interval([get(m) for m in runs.values()])} for k, (label, get) in EFFECTS.items()}
     studies = next(iter(runs.values()))["study"]["vs_baseline"]

@@ -72,6 +72,17 @@ def test_heads_must_divide_hidden(tiny_raw):
         parse_params(tiny_raw)
 
 
+def test_the_growth_study_needs_a_growth_factor_that_divides_the_layers(tiny_raw):
+    """Found running a 3-layer model: the study stage failed minutes in with an 'unexpected ValueError' and a traceback."""
+    tiny_raw["model"]["num_layers"] = 3
+    with pytest.raises(ParamsError, match=r"study.growth_factor 2 must divide model.num_layers 3"):
+        parse_params(tiny_raw)
+    tiny_raw["study"]["growth_factor"] = 3
+    parse_params(tiny_raw)
+    tiny_raw["study"].update(growth_factor=2, studies=["meco", "curriculum"])  # no growth study: nothing to divide
+    parse_params(tiny_raw)
+
+
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("pretrain", "steps", "400"), ("pretrain", "steps", 400.0), ("pretrain", "seed", True), ("model", "hidden_size", 32.5),
 ])

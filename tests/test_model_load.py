@@ -114,6 +114,38 @@ def test_build_from_config_saves_and_reloads(tmp_path, arch, cls, qkv_bias):
     assert torch.allclose(model(ids).logits, loaded(ids).logits)
 
 
+SAVE_TWICE = """
+import hashlib, json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tiny import tiny_model
+from fluxforge.train.model import write_hf_dir
+import accelerate.utils.other as accelerate_other
+
+def save(out):
+    write_hf_dir(tiny_model(), out, {"name": "x"})
+    return hashlib.sha256((Path(out) / "model.safetensors").read_bytes()).hexdigest()
+
+plain = save(sys.argv[2])
+seen = {"deepspeed_after_save": "deepspeed" in sys.modules, "probe_restored": accelerate_other.is_deepspeed_available()}
+import deepspeed  # a ZeRO stage's process: DeepSpeed loaded before the save
+seen["same_file_with_deepspeed"] = save(sys.argv[3]) == plain
+print(json.dumps(seen))
+"""
+
+
+def test_saving_a_model_leaves_deepspeed_unloaded_unless_the_process_loaded_it(tmp_path):
+    """save_pretrained unwraps through accelerate, which imports DeepSpeed (and on CPU its "Setting accelerator to
+    CPU ... unable to detect it" warning, at the end of every training stage) to ask whether the model is a DeepSpeed
+    engine; write_hf_dir keeps it out of a process that has not loaded it, puts accelerate's probe back, and writes
+    the same file as when DeepSpeed is there."""
+    proc = subprocess.run([sys.executable, "-c", SAVE_TWICE, str(ROOT / "tests"), str(tmp_path / "a"), str(tmp_path / "b")],
+                          capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"deepspeed_after_save": False, "probe_restored": True, "same_file_with_deepspeed": True}, seen
+
+
 def test_params_refuse_sizes_next_to_from_pretrained_and_bad_architectures(tiny_raw):
     ok = dict(tiny_raw, model={"from_pretrained": "meta-llama/Llama-3.2-1B"})
     assert parse_params(ok).model.from_pretrained == "meta-llama/Llama-3.2-1B"

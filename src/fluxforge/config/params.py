@@ -60,6 +60,11 @@ class Params(Strict):
                 raise ValueError(f"{where}.seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings")
         if self.stream is not None:
             self._stream_train = check_stream(self.stream, self.pretrain, known)
+        layers, g = self.model.num_layers, self.study.growth_factor
+        if "growth" in self.study.studies and not self.model.from_pretrained and layers % g:
+            raise ValueError(f"study.growth_factor {g} must divide model.num_layers {layers} (the growth study trains "
+                             f"{layers}/{g} layers, then stacks them {g} times); choose a divisor of {layers}, or "
+                             "leave growth out of study.studies")
         teachers = ["final", "pretrain", *[f"continual/{t}" for t in self.continual.tasks]]
         if not self.distill.teachers():
             raise ValueError("distill.teacher: give at least one teacher")

@@ -41,9 +41,10 @@ from fluxforge.errors import FluxForgeError
 from fluxforge.eval.zero_shot import class_embeddings, image_embeddings, retrieval, text_embeddings, zero_shot
 from fluxforge.io import write_json
 from fluxforge.train.clip import ClipData, caption_keys, clamp_temperature, clip_objective
-from fluxforge.train.image_job import TrainingError, fingerprint, save_image_model
+from fluxforge.train.image_job import TrainingError, fingerprint
 from fluxforge.train.job import Tracker, write_rows
 from fluxforge.train.loop import train
+from fluxforge.train.model import write_hf_dir
 from fluxforge.train.sampler import Batch
 from fluxforge.world.images import DIGIT_TEMPLATES, DIGITS, caption_variants, concepts, digit_concept
 
@@ -416,7 +417,7 @@ def run_clip_stream(mm: MMConfig, base: CLIPModel, tok: PreTrainedTokenizerBase,
             "tokens": sum(deployed["steps"].values()) * cfg.train.batch_size * tokens_per_example,
             "parameters": sum(p.numel() for p in finals[cfg.deploy].parameters()), "a_ka": deployed["metrics"]["a_ka"],
             "a_zs": deployed["metrics"]["a_zs"]}
-    save_image_model(finals[cfg.deploy], P.model_dir("mm_stream"), info, tok)
+    write_hf_dir(finals[cfg.deploy], P.model_dir("mm_stream"), info, tok)
     write_json(P.METRICS / "mm_stream.json", metrics)
     # what a training stage reports for its model (fluxforge.paths.train_metrics): the registry sums train_seconds
     # along the lineage, so fluxforge-clip's compute includes the stream's (the deployed run's) and the CLIP's

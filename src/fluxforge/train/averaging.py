@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from fluxforge.config import TrainConfig
 from fluxforge.errors import FluxForgeError
-from fluxforge.io import atomic_dir, write_json
+from fluxforge.train.model import write_hf_dir
 
 log = logging.getLogger(__name__)
 Method = Literal["sma", "ema", "wma"]
@@ -200,13 +200,7 @@ def write_state_as_model(state: Mapping[str, torch.Tensor], template: Path, out:
     and ``training_state/info.json`` = ``record`` (how the weights were made: averaged, merged)."""
     model = AutoModelForCausalLM.from_pretrained(template, use_safetensors=True)
     _load_strict(model, state, template)
-    tok = _tokenizer(template)
-    with atomic_dir(Path(out)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        (tmp / "training_state").mkdir()
-        write_json(tmp / "training_state" / "info.json", record)
+    write_hf_dir(model, out, record, _tokenizer(template))
     return model
 
 

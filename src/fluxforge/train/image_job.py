@@ -14,7 +14,6 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,10 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fluxforge import paths as P
 from fluxforge.config import TrainConfig
 from fluxforge.errors import FluxForgeError
-from fluxforge.io import atomic_dir, write_json
+from fluxforge.io import write_json
 from fluxforge.train.job import CURVE_FIELDS, Tracker, write_rows
 from fluxforge.train.loop import Objective, Probe, StepHook, train
-from fluxforge.train.model import count_params
+from fluxforge.train.model import count_params, write_hf_dir
 from fluxforge.train.sampler import Batch
 
 log = logging.getLogger(__name__)
@@ -75,16 +74,6 @@ class ImageJob:
     tokenizer: PreTrainedTokenizerBase | None = None
 
 
-def save_image_model(model: PreTrainedModel, out: Path, info: Mapping, tok: PreTrainedTokenizerBase | None = None) -> None:
-    """Atomically write an HF directory (+ tokenizer) with ``training_state/info.json`` (the lineage)."""
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        (tmp / "training_state").mkdir()
-        write_json(tmp / "training_state" / "info.json", dict(info))
-
-
 def run_image_job(job: ImageJob, tracker: Tracker | None, probe: Probe | None = None, probe_every: int = 0,
                   on_step: StepHook | None = None, info: Mapping | None = None,
                   finish: Callable[[torch.nn.Module], Mapping] | None = None) -> dict:
@@ -119,7 +108,7 @@ def run_image_job(job: ImageJob, tracker: Tracker | None, probe: Probe | None = 
     record = {"name": job.name, "stage": job.stage, "parent": "", "steps": job.cfg.steps, "tokens": tokens,
               "cumulative_tokens": tokens, "parameters": count_params(job.saved), "final_loss": history[-1]["loss"],
               **(info or {})}
-    save_image_model(job.saved, P.model_dir(job.name), record, job.tokenizer)
+    write_hf_dir(job.saved, P.model_dir(job.name), record, job.tokenizer)
     seconds = history[-1]["elapsed"]
     metrics = {"steps": job.cfg.steps, "tokens": tokens, "parameters": record["parameters"],
                "final_loss": record["final_loss"], "train_seconds": seconds, "examples_per_s":

@@ -16,8 +16,11 @@ Two promises hold on every load path:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -324,18 +327,50 @@ TRAINER_STATE = "trainer.pt"  # optimizer / grad-scaler / RNG state (tensors onl
 
 def save_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path, info: dict,
                trainer_state: dict | None = None) -> None:
-    """Atomically write an HF directory (safetensors + config + tokenizer) plus ``training_state/``.
+    """A trained language model's directory: :func:`write_hf_dir` with its tokenizer."""
+    write_hf_dir(model, out, info, tok, trainer_state)
+
+
+def write_hf_dir(model: PreTrainedModel, out: Path | str, info: Mapping, tok: PreTrainedTokenizerBase | None = None,
+                 trainer_state: dict | None = None) -> None:
+    """Atomically write an HF directory (safetensors + config [+ tokenizer]) plus ``training_state/``: the one way
+    every stage writes a model (language, image, averaged or merged).
 
     ``training_state/info.json`` is the lineage; ``training_state/trainer.pt`` (when given) the optimizer state
     that ``init_mode: weights_optimizer | full`` continues from, read back with ``weights_only=True``.
     """
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out)) as tmp, deepspeed_left_unloaded():
         model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
         (tmp / "training_state").mkdir()
-        write_json(tmp / "training_state" / "info.json", info)
+        write_json(tmp / "training_state" / "info.json", dict(info))
         if trainer_state:
             torch.save(trainer_state, tmp / "training_state" / TRAINER_STATE)
+
+
+@contextlib.contextmanager
+def deepspeed_left_unloaded() -> Iterator[None]:
+    """Keep ``save_pretrained`` from importing DeepSpeed when the process has not.
+
+    ``save_pretrained`` unwraps the model with accelerate's ``extract_model_from_parallel``, which imports DeepSpeed
+    whenever it is installed, only to ask whether the model is a ``DeepSpeedEngine``. On a CPU machine DeepSpeed then
+    logs "[WARNING] Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+    at the end of every training stage, which reads as a fault to the person running it (and costs 0.15 s once
+    torch and transformers are loaded). A model can only be wrapped in a DeepSpeed engine if DeepSpeed is already
+    imported, so while it is not, accelerate is told it is absent for the length of the save; a process that did
+    load it (a ZeRO stage) unwraps as before.
+    """
+    other = sys.modules.get("accelerate.utils.other")
+    if "deepspeed" in sys.modules or other is None or not hasattr(other, "is_deepspeed_available"):
+        yield
+        return
+    probe = other.is_deepspeed_available
+    other.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        other.is_deepspeed_available = probe
 
 
 def load_model(path: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
