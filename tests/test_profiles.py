@@ -95,7 +95,8 @@ def test_fluxforge_run_profile_is_an_experiment_and_leaves_params_yaml_alone(tmp
     plain_repo, plain_hashes = tiny_repo
     seed_run_cache(plain_repo, root)
     before = (root / "params.yaml").read_bytes()
-    run([sys.executable, "-c", "import sys; from fluxforge.cli import main; main(sys.argv[1:])", "run", "--profile", "tiny"], root)
+    fluxforge = [sys.executable, "-c", "import sys; from fluxforge.cli import main; main(sys.argv[1:])"]
+    printed = run([*fluxforge, "run", "--profile", "tiny"], root).stdout
 
     assert run(["git", "status", "--porcelain", "params.yaml"], root).stdout == ""
     assert (root / "params.yaml").read_bytes() == before
@@ -104,6 +105,12 @@ def test_fluxforge_run_profile_is_an_experiment_and_leaves_params_yaml_alone(tmp
     params = exps["profile-tiny"]["data"]["params"]["params.yaml"]["data"]
     assert params["pretrain"]["steps"] == 12 and list(params["continual"]["tasks"]) == ["slice2022", "cyber"]
     assert (root / "reports" / "experiments" / "profile-tiny" / "report.html").stat().st_size > 0
+    # it ends with the experiment's headline numbers, read at its commit: the workspace has no results of its own
+    cyber = exps["profile-tiny"]["data"]["metrics"]["metrics/eval.json"]["data"]["tests"]["cyber"]
+    headline = f"cyber accuracy {cyber['acc_pretrain']:.3f} -> {cyber['acc_final']:.3f} over {cyber['n']} questions"
+    assert headline in printed, printed
+    assert "No results" in run([*fluxforge, "summary"], root, check=False).stdout
+    assert headline in run([*fluxforge, "summary", "--rev", "profile-tiny"], root).stdout
     # the experiment is the tiny profile's DAG: its outputs are the plain repro's, stage for stage (a run-cache hit
     # needs the same command, dependencies and params, so the profile merged in the copy is the tiny repo's params)
     lock = yaml.safe_load(run(["git", "show", f"{exps['profile-tiny']['rev']}:dvc.lock"], root).stdout)

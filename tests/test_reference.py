@@ -102,31 +102,68 @@ def test_each_profile_is_set_against_its_own_reference_file():
     assert "cyber_gain" in record["effects"] and "stream_rise_planned" in record["effects"]
 
 
-def test_the_summary_sets_a_run_against_the_reference_its_params_name(tmp_path, monkeypatch, capsys):
-    """`fluxforge summary` of a run whose params name another reference (profiles/full.yaml) reads that file."""
+def _run_with_own_reference(root, reference: str, gain: float, pi95: tuple = (0.10, 0.20), profile: str = "full") -> None:
+    """A run directory the summary can read: the real dvc.yaml, params naming ``reference`` (the cyber gain's range
+    ``pi95`` on ``profile``), and the evaluation's metrics with that cyber gain."""
     import shutil
 
-    import pytest
     import yaml
 
+    from pipeline_repo import ROOT
+
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["register"]["gate"]["reference"] = reference
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / reference).parent.mkdir(parents=True, exist_ok=True)
+    (root / reference).write_text(json.dumps({"effects": {"cyber_gain": {"n": 3, "pi95": list(pi95), "profile": profile}}}))
+    scores = {"general": {"ppl": 200.0, "acc": 0.6}, "cyber": {"ppl": 300.0, "acc": 0.3}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "eval.json").write_text(json.dumps({"models": {"pretrain": scores}, "tests": {"cyber": {
+        "acc_pretrain": 0.2, "acc_final": 0.2 + gain, "n": 212, "p_final_vs_pretrain": 1e-4, "gain": gain}}}))
+
+
+def _summary(args: list[str], capsys) -> tuple[int, str]:
+    """`fluxforge summary ARGS`: its exit code, and what it printed (stdout, then stderr)."""
+    import pytest
+
     from fluxforge.cli import main
-    from pipeline_repo import ROOT, run
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["summary", *args])
+    printed = capsys.readouterr()
+    return exit_.value.code, printed.out + printed.err
+
+
+def test_the_summary_sets_a_run_against_the_reference_its_params_name(tmp_path, monkeypatch, capsys):
+    """`fluxforge summary` of a run whose params name another reference (profiles/full.yaml) reads that file."""
+    from pipeline_repo import run
 
     run(["dvc", "init", "--no-scm", "-q"], tmp_path)
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["register"]["gate"]["reference"] = "refs/full.json"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "refs").mkdir()
-    (tmp_path / "refs" / "full.json").write_text(json.dumps({"effects": {"cyber_gain": {
-        "n": 3, "pi95": [0.10, 0.20], "profile": "full"}}}))
-    scores = {"general": {"ppl": 200.0, "acc": 0.6}, "cyber": {"ppl": 300.0, "acc": 0.3}}
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"models": {"pretrain": scores}, "tests": {"cyber": {
-        "acc_pretrain": 0.2, "acc_final": 0.35, "n": 212, "p_final_vs_pretrain": 1e-4, "gain": 0.15}}}))
+    _run_with_own_reference(tmp_path, "refs/full.json", 0.15)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        main(["summary"])
-    out = capsys.readouterr().out
-    assert ("gain +0.150 inside the reference interval [+0.100, +0.200] (one run's 95 % range over 3 seeds, "
-            "profile full)") in out, out
+    code, out = _summary([], capsys)
+    assert code == 0 and ("gain +0.150 inside the reference interval [+0.100, +0.200] (one run's 95 % range over 3 "
+                          "seeds, profile full)") in out, out
+
+
+def test_the_summary_of_a_revision_reads_that_revisions_numbers_and_reference(tmp_path, monkeypatch, capsys):
+    """`fluxforge summary --rev` (and the end of `fluxforge run --profile`) describes the commit or experiment named,
+    not the workspace: its metrics, and the reference its own params name."""
+    from pipeline_repo import run
+
+    run(["git", "init", "-q"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    _run_with_own_reference(tmp_path, "refs/full.json", 0.15)
+    run(["git", "add", "-A", "-f"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], tmp_path)
+    # the workspace moves on: params that name another reference, another gain
+    _run_with_own_reference(tmp_path, "refs/other.json", 0.05, pi95=(0.0, 0.10), profile="other")
+    monkeypatch.chdir(tmp_path)
+    code, out = _summary(["--rev", "HEAD"], capsys)
+    assert code == 0 and "summary of HEAD" in out and "0.200 -> 0.350 over 212 questions" in out, out
+    assert "gain +0.150 inside the reference interval [+0.100, +0.200] (one run's 95 % range over 3 seeds, profile full)" in out, out
+    code, out = _summary([], capsys)
+    assert code == 0 and "gain +0.050 inside the reference interval [+0.000, +0.100] (" in out and "profile other" in out, out
+    code, out = _summary(["--rev", "no-such-rev"], capsys)
+    assert code == 1 and out.startswith("fluxforge summary: ") and "no-such-rev" in out, out

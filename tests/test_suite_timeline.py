@@ -25,7 +25,8 @@ def test_the_timeline_records_every_test_and_finds_the_idle_stretch_between_two(
         "def test_two(): time.sleep(0.3)\n"
     )
     folder = tmp_path / "timeline"
-    env = {**os.environ, ENV: str(folder), "PYTHONPATH": str(ROOT / "benchmarks"), "PYTEST_ADDOPTS": ""}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # this test may run on a worker
+    env.update({ENV: str(folder), "PYTHONPATH": str(ROOT / "benchmarks"), "PYTEST_ADDOPTS": ""})
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "suite_timeline",
                            str(inner)], env=env, capture_output=True, text=True, cwd=inner)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from fluxforge.config import ParamsError
     from fluxforge.errors import FluxForgeError
     from fluxforge.orchestrate.experiment import run_experiment
+    from fluxforge.orchestrate.summary import revision_reader, summary_lines
     from fluxforge.runtime import quiet_env
     from fluxforge.secrets import redact
 
@@ -83,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nexperiment {exp.name} ({exp.rev[:7]}): `dvc exp show` lists it, `dvc exp apply {exp.name}` brings it here")
     print(f"  report : {exp.report or '(no report stage ran)'}")
     print(f"  MLflow : {redact(exp.tracking_uri)}")
+    root = Path(args.root).resolve()
+    print("\n".join(summary_lines(root, revision_reader(root, exp.rev)) or ["  (no evaluation in this experiment)"]))
     return 0
 
 
@@ -106,83 +109,31 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from fluxforge.config import read_params
-    from fluxforge.eval.reference import against_reference, reference_file
+    from dvc.exceptions import DvcException
+
+    from fluxforge.errors import FluxForgeError
     from fluxforge.orchestrate import dag
+    from fluxforge.orchestrate.summary import revision_reader, summary_lines, workspace_reader
 
     root = Path.cwd()
-    gate = read_params(root / "params.yaml").get("register", {}).get("gate", {})
-    ref = root / reference_file(gate.get("reference"))
-    ev, reg = dag.metrics_file("evaluate", root=root), dag.metrics_file("register", root=root)
-    if not ev.exists():
-        print(f"No results in {root} yet: run `make run` (or `dvc repro`) from the repository root.")
+    try:
+        lines = summary_lines(root, revision_reader(root, args.rev) if args.rev else workspace_reader(root))
+    except (DvcException, FluxForgeError, OSError, ValueError) as err:  # an unknown revision, an unreadable metrics file
+        print(f"fluxforge summary: {err}", file=sys.stderr)
         return 1
-    print("\nFluxForge run summary")
-    print(f"  report       : {root / dag.get('report', root).outs[0]}")
-    print(f"  metrics      : dvc metrics show   (files in {ev.parent})")
-    print(f"  MLflow UI    : .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}  -> http://127.0.0.1:5000")
-    e = json.loads(ev.read_text())
-    for name, m in e["models"].items():
-        print(f"  {name:28s} general ppl {m['general']['ppl']:9.1f} acc {m['general']['acc']:.3f} | "
-              f"cyber ppl {m['cyber']['ppl']:9.1f} acc {m['cyber']['acc']:.3f}")
-    t = e["tests"]["cyber"]
-    print(f"  cyber accuracy {t['acc_pretrain']:.3f} -> {t['acc_final']:.3f} over {t['n']} questions "
-          f"(one-sided exact McNemar p = {t['p_final_vs_pretrain']:.1e})")
-    print(f"                 gain {t['gain']:+.3f} {against_reference('cyber_gain', t['gain'], ref)}")
-    study, stream = dag.metrics_file("study", root=root), dag.metrics_file("stream", root=root)
-    if study.exists() and "vs_baseline" in (st := json.loads(study.read_text())):
-        parts = [f"{k} {v['heldout_loss_change']:+.3f}" for k, v in st["vs_baseline"].items()]
-        print(f"  studies      : held-out loss vs plain pretraining: {', '.join(parts)} (lower is better)")
-        for k, v in st["vs_baseline"].items():
-            print(f"                 {k} {against_reference(f'study_{k}', v['heldout_loss_change'], ref)}")
-    if stream.exists() and "general_ppl_rise" in (sm := json.loads(stream.read_text())):
-        rise = sm["general_ppl_rise"]
-        ratios = ", ".join(f"{k} {v:.2f}" for k, v in sm["replay"]["ratios"].items())
-        no = f", without replay {rise['without_replay']:+.1%}" if "without_replay" in rise else ""
-        print(f"  stream       : {' -> '.join(sm['tasks'])}; replay {ratios} ({sm['replay']['mode']}); "
-              f"base-data ppl {rise['with_replay']:+.1%}{no}")
-        print(f"                 with replay {against_reference('stream_rise_planned', rise['with_replay'], ref)}")
-        if promise := sm["replay"].get("promise"):
-            print(f"                 planner promise held in {promise['held']} of {promise['planned']} planned tasks")
-    _registry_line(reg)
-    _image_summary(dag.metrics_file("mm_eval", root=root), dag.metrics_file("mm_register", root=root),
-                   dag.metrics_file("mm_stream", "metrics/mm_stream.json", root=root), ref)
+    if lines is None:
+        where = f"revision {args.rev}" if args.rev else str(root)
+        print(f"No results in {where} yet: run `make run` (or `dvc repro`) from the repository root.")
+        return 1
+    if args.rev:
+        print(f"\nFluxForge run summary of {args.rev} (read from DVC's cache; the workspace is left as it is)")
+    else:
+        print("\nFluxForge run summary")
+        print(f"  report       : {root / dag.get('report', root).outs[0]}")
+        print(f"  metrics      : dvc metrics show   (files in {dag.metrics_file('evaluate', root=root).parent})")
+        print(f"  MLflow UI    : .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}  -> http://127.0.0.1:5000")
+    print("\n".join(lines))
     return 0
-
-
-def _registry_line(reg: Path) -> None:
-    if reg.exists():
-        r = json.loads(reg.read_text())
-        state = "promoted to champion" if r["promoted"] else "NOT promoted (champion unchanged)"
-        print(f"  registry     : {r['model_name']} v{r['version']} challenger, {state}")
-
-
-def _image_summary(ev: Path, reg: Path, stream: Path, reference: Path) -> None:
-    """The image branch's lines: probe accuracies, CLIP zero-shot over chance, the stream's methods, each headline
-    against its multi-seed reference, the fluxforge-clip decision."""
-    from fluxforge.eval.reference import against_reference
-
-    if not ev.exists():
-        return
-    m = json.loads(ev.read_text())
-    probes = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["probes"].items())
-    zs, r5 = m["clip"]["zero_shot.heldout"], m["clip"]["retrieval.heldout"]
-    print(f"  images       : digits probe {probes}; CLIP zero-shot {zs['accuracy']:.3f} ({zs['over_chance']:.1f}x chance), "
-          f"R@5 {r5['image_to_text.R5']:.3f} (chance {r5['image_to_text.R5_chance']:.3f})")
-    print(f"                 zero-shot {zs['over_chance']:.1f}x {against_reference('mm_clip_zero_shot_x', zs['over_chance'], reference)}")
-    if stream.exists():
-        s = json.loads(stream.read_text())
-        print(_clip_stream_line(s))
-        if gap := s.get("claims", {}).get("replay_beats_no_replay"):
-            print(f"                 replay - no replay {gap['gap']:+.3f} "
-                  f"{against_reference('mm_stream_replay_gap', gap['gap'], reference)}")
-    _registry_line(reg)
-
-
-def _clip_stream_line(s: dict) -> str:
-    """``mm_stream`` in one line: A_KA / A_ZS per run (FoMo-in-Flux's numbers) and the deployed run."""
-    runs = "; ".join(f"{name} {r['metrics']['a_ka']:.3f}/{r['metrics']['a_zs']:.3f}" for name, r in s["runs"].items())
-    return f"  image stream : {len(s['tasks'])} tasks, A_KA/A_ZS {runs}; deployed {s['deploy']}"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -677,7 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild reports/report.html from the current metrics")
     r.add_argument("--params", default="params.yaml")
     r.set_defaults(fn=_report)
-    m = sub.add_parser("summary", help="print where results are and the headline numbers")
+    m = sub.add_parser("summary", help="print where results are and the headline numbers",
+                       description="The headline numbers of the run in this repository, each against the multi-seed "
+                       "reference its params name; --rev: those of a commit or a DVC experiment (`dvc exp show` lists "
+                       "them), read from DVC's cache without touching the workspace.")
+    m.add_argument("--rev", help="a commit, branch or experiment name (default: the workspace)")
     m.set_defaults(fn=_summary)
     e = sub.add_parser("eval", help="score a model on a multiple-choice task file (CTI-MCQ TSV, CyberMetric/SecEval JSON, "
                        "world mcq.jsonl), or a CLIP on a curated image table (.parquet: zero-shot and retrieval)")
