@@ -49,13 +49,13 @@ ifdef PROFILE
 	$(BIN)/fluxforge run --profile $(PROFILE)
 else
 	$(BIN)/fluxforge check-params
-	$(BIN)/dvc repro
+	$(BIN)/fluxforge warm $(BIN)/dvc repro
 	@$(BIN)/fluxforge summary
 endif
 
 repro: install   ## install, check params, then `dvc repro` (STAGE=NAME: that stage and what it needs), no venv activation needed
 	$(BIN)/fluxforge check-params
-	$(BIN)/dvc repro $(STAGE)
+	$(BIN)/fluxforge warm $(BIN)/dvc repro $(STAGE)
 
 # The shared-registry tests start a real PostgreSQL server (tests/test_postgres_tracking.py): Debian's server
 # binaries, the same major version infra/ pins. Installed once (as root, through apt) when no server binary is there;

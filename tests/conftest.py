@@ -56,6 +56,17 @@ def _mlflow_store_restored() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _warm_stages() -> Iterator[None]:
+    """Every stage a test starts through stages/python forks from this worker's warm server, as under `make run`
+    (fluxforge.warm); a test that gives its stages another load-time environment (HF_HOME, OpenMP) runs them cold.
+    tests/test_warm.py holds a warm stage to a cold one."""
+    from fluxforge.warm import warm_stages
+
+    with warm_stages(ROOT):
+        yield
+
+
 @pytest.fixture
 def tiny_raw() -> dict:
     """The tiny profile merged over params.yaml, as a plain dict (tests mutate copies of it)."""
@@ -87,7 +98,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class TinyRepoBuild:
-    """The session's tiny repo, reproduced once by plain `dvc repro` in a background process.
+    """The session's tiny repo, reproduced once by `dvc repro` (as `make run` does, through the warm stage runner) in a background process.
 
     It starts as soon as collection shows a test that needs it, so the five-minute build runs beside the unit
     tests instead of in front of the end-to-end ones; under pytest-xdist the first worker starts it in a folder
@@ -112,7 +123,10 @@ class TinyRepoBuild:
             if (self.folder / "pid").exists():
                 return
             with self.log.open("w") as log:
-                self.build = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pipeline_repo.py")),
+                # through a warm stage runner (fluxforge.warm), as `make run` reproduces: its 23 stages start in a
+                # fraction of a second each instead of importing torch and the rest anew
+                self.build = subprocess.Popen([str(Path(sys.executable).with_name("fluxforge")), "warm", "--root", str(ROOT),
+                                               sys.executable, str(Path(__file__).with_name("pipeline_repo.py")),
                                                str(self.repo), str(self.result)], stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True)  # its own process group: stop() ends dvc and stages too
             (self.folder / "pid").write_text(str(self.build.pid))
@@ -166,7 +180,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_repo(request: pytest.FixtureRequest) -> tuple[Path, dict[str, str]]:
-    """A git+DVC repo of the pipeline on the tiny profile, reproduced once by plain `dvc repro`.
+    """A git+DVC repo of the pipeline on the tiny profile, reproduced once by `dvc repro` (as `make run` does).
 
     Returns (path, {cached output: md5}). Every test and every xdist worker shares it: read it, or change a
     copy (``pipeline_repo.copy_repo``).

@@ -124,7 +124,7 @@ def seed_run_cache(src: Path, dest: Path, run: frozenset[str] = frozenset(), obj
 
 
 def reproduce(dest: Path) -> dict[str, str]:
-    """Make the tiny repo at ``dest`` and reproduce it with plain `dvc repro`; its cached output hashes."""
+    """Make the tiny repo at ``dest`` and reproduce it with `dvc repro` (warm when the caller runs a warm stage runner); its cached output hashes."""
     import yaml
 
     root = make_repo(dest)

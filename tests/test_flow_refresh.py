@@ -29,7 +29,7 @@ SECRET = "fake-secret-Zq8v2LmN4pXw"  # planted in the environment of the whole r
 
 # The stages the flow runs for real (a data stage and a training stage, the one a thread count or a seed in the
 # flow's environment would change); every other one it restores from the run-cache of the session's tiny repo
-# (reproduced by plain `dvc repro`), which it can only do if what these produced under the flow matches that repo
+# (reproduced by `dvc repro`), which it can only do if what these produced under the flow matches that repo
 # bit for bit: a stage downstream of a differing output misses the run-cache and runs. register, mm_register (their
 # outputs are `persist`, never restored) and report (it reads register's fresh metrics) always run. The whole DAG
 # run for real under the flow cost three minutes of a CI worker.
@@ -57,7 +57,7 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     ran = {s for s, how in result["stages"].items() if how == "ran"}
     assert ran == RUN_FOR_REAL | {"register", "mm_register", "report"}, result["stages"]
     assert {how for s, how in result["stages"].items() if s not in ran} == {"restored"}
-    # the flow's outputs are plain `dvc repro`'s: those it ran, and so (run-cache hits) everything that reads them
+    # the flow's outputs are `dvc repro`'s: those it ran, and so (run-cache hits) everything that reads them
     flow_hashes = cached_out_hashes(yaml.safe_load((flow_repo / "dvc.lock").read_text()))
     assert flow_hashes == plain_hashes
     assert {"data/world", "data/tokens", "models/pretrain", "models/continual/cyber", "models/student"} <= set(flow_hashes)

@@ -108,6 +108,26 @@ def _stage(args: argparse.Namespace) -> int:
     return subprocess.run(stage.cmd, shell=True, env=env).returncode
 
 
+def _warm(args: argparse.Namespace) -> int:
+    """Run a command (``dvc repro``) with a warm stage runner for the stages it starts (fluxforge.warm)."""
+    import subprocess
+
+    from fluxforge.warm import warm_stages
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("fluxforge warm: name the command to run, e.g. `fluxforge warm dvc repro`", file=sys.stderr)
+        return 2
+    with warm_stages(args.root):
+        try:
+            return subprocess.run(command).returncode
+        except FileNotFoundError:
+            print(f"fluxforge warm: no such command: {command[0]}", file=sys.stderr)
+            return 127
+        except KeyboardInterrupt:
+            return 130
+
+
 def _summary(args: argparse.Namespace) -> int:
     from dvc.exceptions import DvcException
 
@@ -625,6 +645,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("args", nargs="*")
     s.add_argument("--params", default="params.yaml")
     s.set_defaults(fn=_stage)
+    wa = sub.add_parser("warm", help="run COMMAND (e.g. dvc repro) with a warm stage runner: stages start in "
+                        "a fraction of a second instead of importing torch and the rest anew",
+                        description="Start a process that imports the libraries every stage needs, run COMMAND with "
+                        "FLUXFORGE_WARM pointing at it, stop it afterwards. stages/python then forks each stage "
+                        "(`-m stages.NAME`) from that process; the stage runs the code on disk, with its own "
+                        "environment, directory and streams, and exits as it would have. A stage it cannot take "
+                        "(another interpreter, OpenMP or HF settings that differ) runs cold. FLUXFORGE_WARM=0 turns "
+                        "it off; FLUXFORGE_WARM_VERBOSE=1 says for each stage whether it ran warm. `make run` and "
+                        "`make repro` use it.")
+    wa.add_argument("--root", default=".", help="the repository whose stages/ the server imports (default: here)")
+    wa.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    wa.set_defaults(fn=_warm)
     r = sub.add_parser("report", help="rebuild reports/report.html from the current metrics")
     r.add_argument("--params", default="params.yaml")
     r.set_defaults(fn=_report)

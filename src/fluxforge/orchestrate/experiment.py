@@ -30,6 +30,7 @@ from typing import Any
 
 from fluxforge.config import Params, dump_params, read_params, validate
 from fluxforge.config.loader import params_source
+from fluxforge.warm import warm_stages
 
 REPORT = "reports/report.html"  # the report stage's output (dvc.yaml)
 
@@ -61,7 +62,8 @@ def run_experiment(root: Path | str, profile: str | None = None, overrides: Sequ
 
         repo = Repo(str(root), config={"hydra": {"enabled": True, "config_dir": conf, "config_name": "params"}})
         name = name or free_name(repo, f"profile-{Path(profile).stem}" if profile else "params")
-        rev = next(iter(repo.experiments.run(tmp_dir=True, name=name)))
+        with warm_stages(root):
+            rev = next(iter(repo.experiments.run(tmp_dir=True, name=name)))
     return Experiment(name, rev, uri, fetch_report(root, rev, root / "reports" / "experiments" / name))
 
 

@@ -35,6 +35,7 @@ from fluxforge.io import file_lock
 from fluxforge.orchestrate import dag
 from fluxforge.orchestrate.params import apply_params
 from fluxforge.orchestrate.retry import retrying
+from fluxforge.warm import warm_stages
 
 STAGE_TRIES, STAGE_BACKOFF = 3, 5.0  # a transient stage failure is retried twice, after 5 and 10 s
 
@@ -180,10 +181,11 @@ def gpu_stage(root: str, stages: list[str], lock: str | None = None, params: str
         sync(root, "pull", inputs_of=stages[-1])
     seconds["pull"] = time.perf_counter() - t0
     status: dict[str, str] = {}
-    for stage in stages:
-        t0 = time.perf_counter()
-        status[stage] = repro_stage(root, stage)
-        seconds[f"stage:{stage}"] = time.perf_counter() - t0
+    with warm_stages(root):
+        for stage in stages:
+            t0 = time.perf_counter()
+            status[stage] = repro_stage(root, stage)
+            seconds[f"stage:{stage}"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if remote and (ran := [s for s in stages if status[s] == "ran"]):
         sync(root, "push", targets=ran)
@@ -335,16 +337,17 @@ def refresh(root: str = ".", profile: str | None = None, overrides: list[str] | 
             stages.update({s: handed[s]["status"] for s in batch})
             batch.clear()
 
-    for stage in dag.read(rootp):
-        if stage.name not in todo:
-            stages[stage.name] = "up to date"
-        elif gpu_deployment and stage.gpu:
-            batch.append(stage.name)
-            stages[stage.name] = "handed off"  # its place in the DAG order; the status follows the hand-off
-        else:
-            hand_off()  # a stage here may read what the GPU stages before it make
-            stages[stage.name] = repro_stage(str(rootp), stage.name, force=stage.name == "ingest" and remote_sources)
-    hand_off()
+    with warm_stages(rootp) if todo else contextlib.nullcontext():
+        for stage in dag.read(rootp):
+            if stage.name not in todo:
+                stages[stage.name] = "up to date"
+            elif gpu_deployment and stage.gpu:
+                batch.append(stage.name)
+                stages[stage.name] = "handed off"  # its place in the DAG order; the status follows the hand-off
+            else:
+                hand_off()  # a stage here may read what the GPU stages before it make
+                stages[stage.name] = repro_stage(str(rootp), stage.name, force=stage.name == "ingest" and remote_sources)
+        hand_off()
     after = _read(ingest_metrics).get("watermark")
     reg = _read(register_metrics)
     result = {"stages": stages, "watermark": {"before": before, "after": after, "new_documents": _new_documents(rootp, before)},

@@ -38,6 +38,7 @@ from fluxforge.orchestrate import dag, storage
 from fluxforge.track.gate import EVAL_KEYS, headline
 from fluxforge.track.lineage import locked_outs, provenance
 from fluxforge.track.resolve import local_model_path, parse_models_uri, version_of
+from fluxforge.warm import warm_stages
 
 
 class RebuildError(FluxForgeError):
@@ -238,12 +239,13 @@ def rebuild(ref: str, root: Path | str = ".", from_stage: str | None = None, kee
                     shutil.move(where / path, originals / path)
         trusted = {c.subject for c in checks if c.identical}
         failed = None
-        for st in rerun:  # after a failure, the stages that would read its output are not run
-            failed = failed or (f"{st.name} failed: {why}" if (why := _repro(where, st.name)) else None)
-            for path in st.outs:
-                record(Check("rebuilt", st.name, path, False, failed) if failed else _compare_out(
-                    "rebuilt", st.name, path, chain[st.name].get(path, ""), where, originals / path if path in trusted else None))
-        failed = failed or (f"evaluate failed: {why}" if (why := _repro(where, "evaluate")) else None)
+        with warm_stages(where, env=_env(where)):  # the commit's code still runs: each stage forgets the server's
+            for st in rerun:  # after a failure, the stages that would read its output are not run
+                failed = failed or (f"{st.name} failed: {why}" if (why := _repro(where, st.name)) else None)
+                for path in st.outs:
+                    record(Check("rebuilt", st.name, path, False, failed) if failed else _compare_out(
+                        "rebuilt", st.name, path, chain[st.name].get(path, ""), where, originals / path if path in trusted else None))
+            failed = failed or (f"evaluate failed: {why}" if (why := _repro(where, "evaluate")) else None)
         record(Check("evaluation", "evaluate", tags.get("fluxforge.model_path", "-"), False, failed) if failed
                else _evaluation(where, tags))
         registered = tags.get("fluxforge.model_path", "")
