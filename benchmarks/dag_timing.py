@@ -58,9 +58,11 @@ REPRO = ["fluxforge", "warm", "dvc", "repro"]  # what `make run` runs (the Makef
 
 
 def cached_outs(lock: Path) -> dict[str, str]:
-    """Every output's md5 in a dvc.lock, by stage and path."""
+    """The md5 of every data and model output in a dvc.lock, by stage and path (not metrics, plots and reports,
+    which carry timings: tests/pipeline_repo.py's cached_out_hashes)."""
     stages = yaml.safe_load(lock.read_text())["stages"]
-    return {f"{name}:{out['path']}": out.get("md5", "") for name, st in stages.items() for out in st.get("outs", [])}
+    return {f"{name}:{out['path']}": out.get("md5", "") for name, st in stages.items() for out in st.get("outs", [])
+            if not out["path"].startswith(("metrics", "plots", "reports"))}
 
 
 def stage_walls(starts: list[tuple[str, float]], total: float) -> dict[str, float]:
@@ -72,7 +74,7 @@ def stage_walls(starts: list[tuple[str, float]], total: float) -> dict[str, floa
 
 def summary_header(args: argparse.Namespace) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (f"`fluxforge summary` after the cold `dvc repro` of benchmarks/dag_timing.py --profile {args.profile} "
+    return (f"`fluxforge summary` after the cold run (`fluxforge warm dvc repro`) of benchmarks/dag_timing.py --profile {args.profile} "
             f"({commit}, {machine()}, {dt.date.today()})")
 
 
@@ -132,8 +134,9 @@ def main() -> None:
     plain_head = (" plain `dvc repro` wall (s) |", "---|") if args.plain else ("", "")
     plain_row = (f"| cold plain `dvc repro`, whole DAG (every stage a fresh process; a second clone) | {plain_total:.1f} |\n"
                  if args.plain else "")
-    plain_text = (f"\n\nThe plain run cached {'the same outputs, bit for bit' if same else 'OTHER OUTPUTS'} as the warm "
-                  f"one (every `outs` hash in the two dvc.lock files).") if args.plain else ""
+    plain_text = (f"\n\nThe plain run's data and models are {'bit for bit' if same else 'NOT'} the warm run's (every "
+                  f"`outs` hash of the two dvc.lock files but metrics, plots and reports, which carry timings).") \
+        if args.plain else ""
     outside = total - sum(stages.values())
     t = ev["tests"]["cyber"]
     flags = " --install" * args.install + " --lock" * args.lock + " --plain" * args.plain

@@ -63,6 +63,9 @@ def library_rows(env: dict[str, str], repeats: int, db: Path) -> list[tuple[str,
     return rows
 
 
+WARM_NOTE = ('Under `make run` (and the Prefect refresh, `fluxforge run`, `fluxforge rebuild`) a stage does not start fresh: it is forked from the warm stage runner, which imported all of this once (src/fluxforge/warm.py); "DAG timing" shows what a stage\'s start costs then. These numbers are what plain `dvc repro` and `fluxforge stage` still pay per stage.')
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -93,7 +96,7 @@ def main() -> None:
             f"The libraries under those numbers, each alone in a fresh process (median of {args.repeats}): the floor of "
             f"a stage's start-up, which lazy imports of our own cannot lower. A training stage loads transformers' model "
             f"classes when it imports, then MLflow and its store when its run starts, and DVC for its lineage tag.\n\n"
-            + "\n".join(floor) + "\n")
+            + "\n".join(floor) + "\n\n" + WARM_NOTE + "\n")
     replace_section(ROOT / "BENCHMARKS.md", "Stage start-up", body)
     print(body)
 

@@ -1,10 +1,10 @@
 """The warm stage runner (fluxforge.warm): a stage forked from a server that imported the libraries once behaves as
 the same stage started cold: the same weights, the code on disk, its own environment, exit code and signals, and a
-client killed outright takes its stage with it. What the server cannot take runs cold."""
+client killed outright takes its stage with it. What the server cannot take runs cold. That a warm pretrain writes
+the weights a cold one does, bit for bit: tests/test_determinism.py."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -31,6 +31,9 @@ def main():
     if what == "sleep":
         open("pid", "w").write(str(os.getpid()))
         time.sleep(60)
+    if what == "thread":  # a worker that is not a daemon: the interpreter waits for it before it exits
+        import threading
+        threading.Thread(target=lambda: (time.sleep(0.5), open("late", "w").write("written"))).start()
     if what == "boom":
         raise RuntimeError("the toy stage broke")
     sys.exit(int(what) if what.isdigit() else 0)
@@ -90,6 +93,16 @@ def test_a_stage_runs_forked_from_the_server_with_its_own_directory_environment_
     assert "RuntimeError: the toy stage broke" in err and "Traceback" in err
 
 
+def test_a_stage_ends_as_the_interpreter_would_waiting_for_its_threads(toy_server, tmp_path):
+    root, path, env = toy_server
+    work = tmp_path / "threads"
+    shutil.copytree(root / "stages", work / "stages")
+    proc = _client(work, path, env, "thread")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and f"ppid={_server_pid(path)}" in out, err
+    assert (work / "late").read_text() == "written", "the stage exited before its thread finished"
+
+
 def test_the_stage_runs_the_code_on_disk_not_the_code_the_server_imported(toy_server, tmp_path):
     root, path, env = toy_server
     work = tmp_path / "edited"
@@ -147,31 +160,6 @@ def test_only_variables_the_libraries_read_as_they_load_count():
     assert load_time_difference(base, {**base, "OMP_WAIT_POLICY": "PASSIVE"}) == "GOMP_SPINCOUNT"
     assert load_time_difference(base, {**base, "PYTHONPATH": "/elsewhere"}) == "PYTHONPATH"
     assert load_time_difference(base, {**base, "HF_HOME": "/cache"}) == "HF_HOME"
-
-
-def test_a_warm_pretrain_writes_the_weights_a_cold_one_does(tmp_path):
-    """The DAG's own pretrain stage, forked from a server that preloaded this repository's stages, against the same
-    stage in a fresh process (tests/test_determinism.py's set-up): bitwise the same weights."""
-    from test_determinism import packed_tokens, params_file
-
-    cold, warm = tmp_path / "cold", tmp_path / "warm"
-    packed_tokens(cold)
-    params_file(cold, seed=0)
-    shutil.copytree(cold, warm)
-    env = {k: v for k, v in os.environ.items() if k not in ("FLUXFORGE_WARM", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}", FLUXFORGE_PROGRESS="0")
-    with warm_stages(ROOT, env=env, export=False) as path:
-        _ready(path)
-        runs = {}
-        for where, command in ((cold, [sys.executable, "-m", "stages.pretrain"]),
-                               (warm, [sys.executable, "-I", "-S", str(CLIENT), "-m", "stages.pretrain"])):
-            runs[where] = subprocess.run(command, cwd=where, capture_output=True, text=True,
-                                         env={**env, "FLUXFORGE_WARM": path, "FLUXFORGE_WARM_VERBOSE": "1"})
-            assert runs[where].returncode == 0, runs[where].stderr[-3000:]
-    assert "fluxforge.warm: warm start" in runs[warm].stderr
-    digests = [hashlib.sha256((d / "models" / "pretrain" / "model.safetensors").read_bytes()).hexdigest()
-               for d in (cold, warm)]
-    assert digests[0] == digests[1], "a stage forked from the warm server must write the weights a cold one does"
 
 
 def test_fluxforge_warm_runs_the_command_with_a_server_and_stops_it(tmp_path):

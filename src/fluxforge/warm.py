@@ -319,7 +319,12 @@ def _exit_code(code: object) -> int:
 
 
 def _flush_and_run_exit_functions(atexit: object) -> None:
-    atexit._run_exitfuncs()  # type: ignore[attr-defined]  # what interpreter shutdown runs (MLflow, tqdm flush)
+    """What the interpreter does as it shuts down, in its order: wait for the threads that are not daemons (an
+    executor's workers, MLflow's asynchronous logging) and run their exit hooks, then the atexit functions."""
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()  # type: ignore[attr-defined]
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -348,14 +353,14 @@ def warm_stages(root: Path | str = ".", env: Mapping[str, str] | None = None,
 
     ``env``: the environment the stages will have, when the caller gives them one of its own (``fluxforge rebuild``);
     default this process's, and then an outer block's server is reused. ``export=False``: a server of its own, and
-    ``os.environ`` left alone. ``FLUXFORGE_WARM=0`` turns it off. Yields the socket's path, which appears once the
+    ``os.environ`` left alone. ``FLUXFORGE_WARM=0`` turns off the first kind. Yields the socket's path, which appears once the
     server's imports are done (None: no server, stages run cold).
     """
     import subprocess
     import tempfile
 
     previous = os.environ.get(ENV)
-    if previous == "0" or not supported():
+    if (export and previous == "0") or not supported():
         yield None
         return
     if export and previous and env is None:  # a server for this environment runs already
