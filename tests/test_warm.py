@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fluxforge.warm import load_time_difference, warm_stages
+from test_determinism import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "src" / "fluxforge" / "warm.py"
@@ -53,15 +54,8 @@ def toy_server(tmp_path_factory: pytest.TempPathFactory):
     (root / "stages" / "toy.py").write_text(TOY)
     env = {k: v for k, v in os.environ.items() if k != "FLUXFORGE_WARM"}
     with warm_stages(root, env=env, export=False) as path:
-        _ready(path)
+        wait_for(path)
         yield root, path, env
-
-
-def _ready(path: str, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < end, "the warm server did not start listening"
-        time.sleep(0.2)
 
 
 def _client(root: Path, path: str, env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
