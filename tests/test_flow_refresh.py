@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -114,6 +115,8 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert len(logs) > 10 and not any(SECRET in log.message for log in logs)
+    took = {m.group(1): float(m.group(2)) for log in logs if (m := re.fullmatch(r"(\S+): ran in (\d+\.\d) s", log.message))}
+    assert set(took) == ran and all(seconds > 0 for seconds in took.values()), took  # each stage's own time, in its log
     for path in ("dvc.lock", "params.yaml", "mlflow.db"):
         assert SECRET.encode() not in (flow_repo / path).read_bytes(), path
     assert not any(SECRET.encode() in f.read_bytes() for f in (flow_repo / "mlruns").rglob("*") if f.is_file())

@@ -167,3 +167,26 @@ def test_the_summary_of_a_revision_reads_that_revisions_numbers_and_reference(tm
     assert code == 0 and "gain +0.050 inside the reference interval [+0.000, +0.100] (" in out and "profile other" in out, out
     code, out = _summary(["--rev", "no-such-rev"], capsys)
     assert code == 1 and out.startswith("fluxforge summary: ") and "no-such-rev" in out, out
+
+
+def test_the_end_of_fluxforge_run_names_the_kept_experiment_when_its_summary_cannot_be_read(tmp_path, capsys):
+    """After `fluxforge run --profile` finished its experiment, a summary that cannot be read (here: a revision that is
+    not there) is a message that names the experiment and exit 1, not a traceback; a readable one prints its numbers."""
+    from fluxforge.cli import _print_experiment
+    from fluxforge.orchestrate.experiment import Experiment
+    from pipeline_repo import run
+
+    run(["git", "init", "-q"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    _run_with_own_reference(tmp_path, "refs/full.json", 0.15)
+    run(["git", "add", "-A", "-f"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], tmp_path)
+    gone = "0123456789abcdef" * 2 + "01234567"
+    code = _print_experiment(tmp_path, Experiment("exp-gone", gone, "sqlite:///mlflow.db", None))
+    printed = capsys.readouterr()
+    assert code == 1 and "experiment exp-gone ran and is kept, but its summary cannot be read: " in printed.err, printed
+    assert gone in printed.err and "Traceback" not in printed.err and "experiment exp-gone (0123456)" in printed.out
+    head = run(["git", "rev-parse", "HEAD"], tmp_path).stdout.strip()
+    code = _print_experiment(tmp_path, Experiment("exp-here", head, "sqlite:///mlflow.db", None))
+    printed = capsys.readouterr()
+    assert code == 0 and "0.200 -> 0.350 over 212 questions" in printed.out and not printed.err, printed

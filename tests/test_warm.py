@@ -45,6 +45,14 @@ if __name__ == "__main__":
 '''
 
 
+RNG = '''import numpy
+import torch
+
+if __name__ == "__main__":
+    print(numpy.random.randint(1 << 62), float(torch.rand(1)))
+'''
+
+
 @pytest.fixture(scope="module")
 def toy_server(tmp_path_factory: pytest.TempPathFactory):
     """A server whose preload imported a toy ``stages`` package (version 1 of ``stages.toy``)."""
@@ -52,14 +60,15 @@ def toy_server(tmp_path_factory: pytest.TempPathFactory):
     (root / "stages").mkdir()
     (root / "stages" / "__init__.py").write_text("")
     (root / "stages" / "toy.py").write_text(TOY)
+    (root / "stages" / "rng.py").write_text(RNG)
     env = {k: v for k, v in os.environ.items() if k != "FLUXFORGE_WARM"}
     with warm_stages(root, env=env, export=False) as path:
         wait_for(path)
         yield root, path, env
 
 
-def _client(root: Path, path: str, env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-I", "-S", str(CLIENT), "-m", "stages.toy", *args], cwd=root,
+def _client(root: Path, path: str, env: dict[str, str], *args: str, module: str = "stages.toy", **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-I", "-S", str(CLIENT), "-m", module, *args], cwd=root,
                             env={**env, "FLUXFORGE_WARM": path, "FLUXFORGE_WARM_VERBOSE": "1", **extra},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -68,6 +77,20 @@ def _server_pid(path: str) -> int:
     out = subprocess.run(["pgrep", "-f", f"fluxforge.warm serve {path}"], capture_output=True, text=True).stdout.split()
     assert len(out) == 1, out
     return int(out[0])
+
+
+def test_forked_stages_draw_their_own_random_numbers_as_new_processes_do(toy_server):
+    """numpy's and torch's global generators are seeded anew in each stage (a new process seeds both from the OS),
+    not copied from the server: two stages forked from it draw different numbers."""
+    root, path, env = toy_server
+    draws = []
+    for _ in range(2):
+        proc = _client(root, path, env, module="stages.rng")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "warm start" in err, err
+        draws.append(out.split())
+    numpy_draws, torch_draws = zip(*draws, strict=True)
+    assert len(set(numpy_draws)) == 2 and len(set(torch_draws)) == 2, draws
 
 
 def test_a_stage_runs_forked_from_the_server_with_its_own_directory_environment_arguments_and_exit_code(toy_server, tmp_path):

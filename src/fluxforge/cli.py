@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fluxforge.orchestrate.experiment import Experiment
 
 HELP = """FluxForge: continual pretraining as a DVC DAG with MLflow lineage.
 
@@ -68,9 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from fluxforge.config import ParamsError
     from fluxforge.errors import FluxForgeError
     from fluxforge.orchestrate.experiment import run_experiment
-    from fluxforge.orchestrate.summary import revision_reader, summary_lines
     from fluxforge.runtime import quiet_env
-    from fluxforge.secrets import redact
 
     quiet_env()
     try:
@@ -81,12 +83,40 @@ def _run(args: argparse.Namespace) -> int:
     except (FluxForgeError, DvcException) as err:
         print(f"fluxforge run: {err}", file=sys.stderr)
         return 1
+    return _print_experiment(Path(args.root).resolve(), exp)
+
+
+def _print_experiment(root: Path, exp: Experiment) -> int:
+    """Where a finished experiment is, and its summary; 1 if that summary cannot be read (the experiment is kept)."""
+    from fluxforge.secrets import redact
+
     print(f"\nexperiment {exp.name} ({exp.rev[:7]}): `dvc exp show` lists it, `dvc exp apply {exp.name}` brings it here")
     print(f"  report : {exp.report or '(no report stage ran)'}")
     print(f"  MLflow : {redact(exp.tracking_uri)}")
-    root = Path(args.root).resolve()
-    print("\n".join(summary_lines(root, revision_reader(root, exp.rev)) or ["  (no evaluation in this experiment)"]))
+    try:
+        lines = _read_summary(root, exp.rev)
+    except SummaryUnreadable as err:
+        print(f"fluxforge run: experiment {exp.name} ran and is kept, but its summary cannot be read: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(lines or ["  (no evaluation in this experiment)"]))
     return 0
+
+
+class SummaryUnreadable(Exception):
+    """A run's summary could not be read: an unknown revision, a metrics file that does not parse."""
+
+
+def _read_summary(root: Path, rev: str | None) -> list[str] | None:
+    """The summary's lines for commit or experiment ``rev`` (None: the workspace); None when it holds no results."""
+    from dvc.exceptions import DvcException
+
+    from fluxforge.errors import FluxForgeError
+    from fluxforge.orchestrate.summary import revision_reader, summary_lines, workspace_reader
+
+    try:
+        return summary_lines(root, revision_reader(root, rev) if rev else workspace_reader(root))
+    except (DvcException, FluxForgeError, OSError, ValueError) as err:
+        raise SummaryUnreadable(str(err)) from err
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -129,16 +159,12 @@ def _warm(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from dvc.exceptions import DvcException
-
-    from fluxforge.errors import FluxForgeError
     from fluxforge.orchestrate import dag
-    from fluxforge.orchestrate.summary import revision_reader, summary_lines, workspace_reader
 
     root = Path.cwd()
     try:
-        lines = summary_lines(root, revision_reader(root, args.rev) if args.rev else workspace_reader(root))
-    except (DvcException, FluxForgeError, OSError, ValueError) as err:  # an unknown revision, an unreadable metrics file
+        lines = _read_summary(root, args.rev)
+    except SummaryUnreadable as err:
         print(f"fluxforge summary: {err}", file=sys.stderr)
         return 1
     if lines is None:

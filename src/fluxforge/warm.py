@@ -291,6 +291,7 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     module, args = request["argv"][1], request["argv"][2:]
     sys.argv = [module, *args]
     importlib.invalidate_caches()
+    _fresh_random_state()
     threading.Thread(target=_watch_client, args=(conn,), daemon=True).start()
     code: int = 0
     try:
@@ -307,6 +308,20 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         code = 1
     _flush_and_run_exit_functions(atexit)
     os._exit(code)
+
+
+def _fresh_random_state() -> None:
+    """Seed numpy's and torch's global generators anew, as a new interpreter does.
+
+    A fork copies the server's generators, so every stage would draw the same numbers from them; a new process
+    seeds both from the OS (torch too: its CPU generator's initial seed differs from process to process). Python's
+    ``random`` reseeds itself after a fork; CUDA's generators do not exist yet (the server never touches a GPU).
+    Stages seed what they use, so this only keeps unseeded draws as independent as they are cold.
+    """
+    if (numpy := sys.modules.get("numpy")) is not None:
+        numpy.random.seed()
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.default_generator.seed()
 
 
 def _exit_code(code: object) -> int:

@@ -106,6 +106,7 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
     FluxForge message fails at once.
     """
     logger = get_run_logger()
+    started = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     for attempt in retrying(STAGE_TRIES, STAGE_BACKOFF, lambda e: isinstance(e, StageFailed) and e.transient, f"stage {stage}"):
         with attempt:
@@ -116,7 +117,7 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
                 raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}",
                                   transient=not _DETERMINISTIC.search(out))
     status = "ran" if re.search(r"Running stage", out) else "restored" if _RESTORED.search(out) else "up to date"
-    logger.info("%s: %s", stage, status)
+    logger.info("%s: %s in %.1f s", stage, status, time.perf_counter() - started)  # retries and lock waits included
     return status
 
 
