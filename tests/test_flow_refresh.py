@@ -115,7 +115,7 @@ def test_flow_runs_every_stage_in_order_and_matches_plain_repro(prefect_api, tmp
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert len(logs) > 10 and not any(SECRET in log.message for log in logs)
-    took = {m.group(1): float(m.group(2)) for log in logs if (m := re.fullmatch(r"(\S+): ran in (\d+\.\d) s", log.message))}
+    took = {m.group(1): float(m.group(2)) for log in logs if (m := re.fullmatch(r"(\S+): ran in (\d+\.\d) s( \(.*\))?", log.message))}
     assert set(took) == ran and all(seconds > 0 for seconds in took.values()), took  # each stage's own time, in its log
     for path in ("dvc.lock", "params.yaml", "mlflow.db"):
         assert SECRET.encode() not in (flow_repo / path).read_bytes(), path
@@ -200,8 +200,11 @@ def test_a_refresh_hands_its_gpu_stages_to_a_worker_in_another_checkout(prefect_
         assert not _object(cpu / ".dvc" / "cache", weights[stage]).exists()
 
     deploy(DeploySpec(root=cpu, gpu_root=gpu, gpu_job_variables={"env": {"FLUXFORGE_POOL_MARK": "gpu-worker"}}))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0"}
+    # the GPU machine's flow run starts its own warm stage runner, as on a real one: not the one this test process
+    # runs (FLUXFORGE_WARM), which cannot take its stages (Prefect gives a flow run's process its own PYTHONPATH)
+    env = {**{k: v for k, v in os.environ.items() if k != "FLUXFORGE_WARM"}, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLUXFORGE_PROGRESS": "0",
+           "FLUXFORGE_WARM_VERBOSE": "1"}
     log = tmp_path / "worker.log"
     with open(log, "w") as fh:
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "fluxforge-gpu",
@@ -237,6 +240,17 @@ def test_a_refresh_hands_its_gpu_stages_to_a_worker_in_another_checkout(prefect_
         return {r.data.tags.get("fluxforge.stage") for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
 
     assert gpu_stages <= stages_logged(gpu)
+    # and there each stage started from that machine's warm stage runner (its log line, FLUXFORGE_WARM_VERBOSE=1)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTextSearch
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(text=LogFilterTextSearch(query="start")))
+    started = {m.group(1): m.group(2) for log in logs if (m := re.fullmatch(r"(\S+): ran in [\d.]+ s \((.*)\)", log.message))}
+    how = {s: h for s, h in started.items() if s in gpu_stages}
+    assert set(how) == gpu_stages and all(how[s] == "warm start" for s in order[1:]), started
+    # the first may start while the runner still imports (it never waits for one): then cold, and says so
+    assert how[order[0]] == "warm start" or how[order[0]].startswith("cold start: no warm server"), started
     assert not gpu_stages & stages_logged(cpu) and "register" in stages_logged(cpu)
     # the weights came back through the remote: in the bucket, then in the CPU machine's cache and workspace
     s3 = s3_server.client()

@@ -52,6 +52,7 @@ class StageFailed(RuntimeError):
 # same way on every try; anything else (a lock held, a storage hiccup, a killed process) is worth a retry.
 _DETERMINISTIC = re.compile(r"fluxforge: stage '[^']+' (not started|failed:)")
 _RESTORED = re.compile(r"Stage '[^']+' is cached - skipping run")  # DVC's line for a run-cache hit
+_START = re.compile(r"^fluxforge\.warm: (warm start|cold start: .*)", re.M)  # the warm client's line (fluxforge.warm)
 
 
 def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
@@ -117,7 +118,9 @@ def repro_stage(root: str, stage: str, force: bool = False) -> str:
                 raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}):\n{out[-3000:]}",
                                   transient=not _DETERMINISTIC.search(out))
     status = "ran" if re.search(r"Running stage", out) else "restored" if _RESTORED.search(out) else "up to date"
-    logger.info("%s: %s in %.1f s", stage, status, time.perf_counter() - started)  # retries and lock waits included
+    how = _START.search(out)  # with FLUXFORGE_WARM_VERBOSE=1: whether the stage started warm, or why not
+    logger.info("%s: %s in %.1f s%s", stage, status, time.perf_counter() - started,  # retries and lock waits included
+                f" ({how.group(1)})" if how else "")
     return status
 
 
@@ -177,12 +180,12 @@ def gpu_stage(root: str, stages: list[str], lock: str | None = None, params: str
     logger.info("GPU stages %s in checkout %s", ", ".join(stages), checkout)
     remote = storage.remote_url(root)
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if remote:  # what the last stage reads, upstream stages' outputs included: the whole batch's inputs
-        sync(root, "pull", inputs_of=stages[-1])
-    seconds["pull"] = time.perf_counter() - t0
     status: dict[str, str] = {}
-    with warm_stages(root):
+    with warm_stages(root):  # started first: the server imports while the pull waits on the network
+        t0 = time.perf_counter()
+        if remote:  # what the last stage reads, upstream stages' outputs included: the whole batch's inputs
+            sync(root, "pull", inputs_of=stages[-1])
+        seconds["pull"] = time.perf_counter() - t0
         for stage in stages:
             t0 = time.perf_counter()
             status[stage] = repro_stage(root, stage)
