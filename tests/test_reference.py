@@ -123,6 +123,17 @@ def _run_with_own_reference(root, reference: str, gain: float, pi95: tuple = (0.
         "acc_pretrain": 0.2, "acc_final": 0.2 + gain, "n": 212, "p_final_vs_pretrain": 1e-4, "gain": gain}}}))
 
 
+def _committed_run(root) -> None:
+    """A git+DVC repo whose one commit holds a run (cyber gain +0.15, its params naming refs/full.json)."""
+    from pipeline_repo import run
+
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    _run_with_own_reference(root, "refs/full.json", 0.15)
+    run(["git", "add", "-A", "-f"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], root)
+
+
 def _summary(args: list[str], capsys) -> tuple[int, str]:
     """`fluxforge summary ARGS`: its exit code, and what it printed (stdout, then stderr)."""
     import pytest
@@ -150,13 +161,8 @@ def test_the_summary_sets_a_run_against_the_reference_its_params_name(tmp_path, 
 def test_the_summary_of_a_revision_reads_that_revisions_numbers_and_reference(tmp_path, monkeypatch, capsys):
     """`fluxforge summary --rev` (and the end of `fluxforge run --profile`) describes the commit or experiment named,
     not the workspace: its metrics, and the reference its own params name."""
-    from pipeline_repo import run
 
-    run(["git", "init", "-q"], tmp_path)
-    run(["dvc", "init", "-q"], tmp_path)
-    _run_with_own_reference(tmp_path, "refs/full.json", 0.15)
-    run(["git", "add", "-A", "-f"], tmp_path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], tmp_path)
+    _committed_run(tmp_path)
     # the workspace moves on: params that name another reference, another gain
     _run_with_own_reference(tmp_path, "refs/other.json", 0.05, pi95=(0.0, 0.10), profile="other")
     monkeypatch.chdir(tmp_path)
@@ -176,11 +182,7 @@ def test_the_end_of_fluxforge_run_names_the_kept_experiment_when_its_summary_can
     from fluxforge.orchestrate.experiment import Experiment
     from pipeline_repo import run
 
-    run(["git", "init", "-q"], tmp_path)
-    run(["dvc", "init", "-q"], tmp_path)
-    _run_with_own_reference(tmp_path, "refs/full.json", 0.15)
-    run(["git", "add", "-A", "-f"], tmp_path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], tmp_path)
+    _committed_run(tmp_path)
     gone = "0123456789abcdef" * 2 + "01234567"
     code = _print_experiment(tmp_path, Experiment("exp-gone", gone, "sqlite:///mlflow.db", None))
     printed = capsys.readouterr()

@@ -41,6 +41,7 @@ PER_STAGE = {"PYTHONUNBUFFERED"}
 # Imported by the server besides every stage module: what stages import when they run rather than at module level.
 PRELOAD = ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "great_expectations", "dvc.repo")
 FORGET = ("fluxforge", "stages", "flows")
+VERBOSE = "fluxforge.warm: "  # what starts each line FLUXFORGE_WARM_VERBOSE=1 prints (the refresh's log reads them)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -64,10 +65,10 @@ def client(argv: list[str]) -> None:
             conn.close()
         else:
             if os.environ.get("FLUXFORGE_WARM_VERBOSE"):
-                print(f"fluxforge.warm: warm start (pid {reply['started']})", file=sys.stderr)
+                print(f"{VERBOSE}warm start (pid {reply['started']})", file=sys.stderr)
             _wait(conn, replies)  # does not return
     if os.environ.get("FLUXFORGE_WARM_VERBOSE"):
-        print(f"fluxforge.warm: cold start: {reason}", file=sys.stderr)
+        print(f"{VERBOSE}cold start: {reason}", file=sys.stderr)
     os.execv(sys.executable, [sys.executable, *argv])
 
 

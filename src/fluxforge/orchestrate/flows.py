@@ -35,7 +35,7 @@ from fluxforge.io import file_lock
 from fluxforge.orchestrate import dag
 from fluxforge.orchestrate.params import apply_params
 from fluxforge.orchestrate.retry import retrying
-from fluxforge.warm import warm_stages
+from fluxforge.warm import VERBOSE, warm_stages
 
 STAGE_TRIES, STAGE_BACKOFF = 3, 5.0  # a transient stage failure is retried twice, after 5 and 10 s
 
@@ -52,7 +52,7 @@ class StageFailed(RuntimeError):
 # same way on every try; anything else (a lock held, a storage hiccup, a killed process) is worth a retry.
 _DETERMINISTIC = re.compile(r"fluxforge: stage '[^']+' (not started|failed:)")
 _RESTORED = re.compile(r"Stage '[^']+' is cached - skipping run")  # DVC's line for a run-cache hit
-_START = re.compile(r"^fluxforge\.warm: (warm start|cold start: .*)", re.M)  # the warm client's line (fluxforge.warm)
+_START = re.compile(rf"^{re.escape(VERBOSE)}(warm start|cold start: .*)", re.M)  # the warm client's verbose line
 
 
 def stages_to_run(root: Path | str, force: set[str] = frozenset()) -> set[str]:
